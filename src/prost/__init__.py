@@ -1,0 +1,1 @@
+"""prost: an event-driven e-commerce backend."""

@@ -1,0 +1,71 @@
+"""The message-bus port. Two adapters implement it with the same semantics:
+`memory.MemoryBus` (embedded mode) and `rabbitmq.RabbitMQBus` (distributed mode).
+
+Semantics both keep:
+- `publish` returns only once every envelope is safely accepted (RabbitMQ: publisher
+  confirm; memory: every subscribed service handled it or parked it as dead). An
+  envelope no queue is bound for raises `Unroutable`; nothing is acknowledged on error.
+- Each service has one queue bound to routing-key patterns (`*` one word, `#` any);
+  several consumers of one service compete for its messages (replicas).
+- A handler that raises is retried with growing delays; after
+  `max_delivery_attempts` the message is parked in `<service>.dead` with the reason.
+- Delivery is at least once: handlers must be idempotent (see `kit.inbox`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from prost.kit.messages import Envelope
+
+Handler = Callable[[Envelope], Awaitable[None]]
+
+
+class PublishError(Exception):
+    """Some envelopes were not confirmed; the caller keeps them for a later try."""
+
+
+class Unroutable(PublishError):
+    """No queue is bound for this routing key: the event stays in the outbox."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    service: str
+    envelope: Envelope
+    reason: str
+    attempts: int
+    parked_at: datetime
+
+
+class MessageBus(abc.ABC):
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, envelopes: Sequence[Envelope]) -> None: ...
+
+    @abc.abstractmethod
+    async def declare(self, service: str, bindings: Sequence[str]) -> None:
+        """Make the service's queue (and its retry/dead queues) exist and bind it."""
+
+    @abc.abstractmethod
+    async def consume(self, service: str, bindings: Sequence[str], handler: Handler) -> None:
+        """Declare, then start consuming the service's queue in the background."""
+
+    @abc.abstractmethod
+    async def is_ready(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def dead_letters(self, service: str) -> list[DeadLetter]: ...
+
+    @abc.abstractmethod
+    async def replay(self, service: str, ids: Sequence[str] | None = None) -> int:
+        """Send parked messages back to the service's queue; returns how many."""

@@ -1,0 +1,85 @@
+"""What a service is, to the runtimes that host it.
+
+Each service's `bootstrap.py` returns a `ServiceDefinition`: its HTTP routers, its
+subscription table (routing key → handler), its background loops (sweepers,
+reconcilers) and its start-up steps. A runtime (embedded: all in one process on a
+memory bus; distributed: one per process on RabbitMQ) builds a `ServiceContext` for
+it and wires the rest: consumers wrapped in the inbox, the outbox relay for its
+schema, the loops. Route handlers reach their context with `context_dependency`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from prost.kit.auth import TokenAuthority
+from prost.kit.db import Session
+from prost.kit.messages import Envelope
+from prost.kit.settings import Settings
+
+if TYPE_CHECKING:
+    from prost.kit.bus.base import MessageBus
+    from prost.kit.clients import ServiceClients
+
+
+@dataclass
+class ServiceContext:
+    """Everything a service's code may use at run time; made by the runtime."""
+
+    name: str
+    settings: Settings
+    engine: AsyncEngine
+    bus: MessageBus
+    auth: TokenAuthority
+    clients: ServiceClients
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+EventHandler = Callable[[Envelope, Session, ServiceContext], Awaitable[None]]
+"""Runs inside the inbox transaction: its writes and outbox rows commit together with
+the `(event_id, service)` record, or not at all."""
+
+RawEventHandler = Callable[[Envelope, ServiceContext], Awaitable[None]]
+"""Manages its own transactions (and its own inbox use); for handlers that must call
+something slow outside a transaction, like a payment provider."""
+
+BackgroundLoop = Callable[[ServiceContext], Awaitable[None]]
+"""Runs until cancelled; must be safe with several replicas (SKIP LOCKED)."""
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Marks a subscription whose handler is a `RawEventHandler`."""
+
+    handler: RawEventHandler
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    public_routers: Sequence[APIRouter] = ()
+    internal_routers: Sequence[APIRouter] = ()
+    subscriptions: Mapping[str, EventHandler | Raw] = field(default_factory=dict)
+    background: Sequence[BackgroundLoop] = ()
+    on_startup: Sequence[Callable[[ServiceContext], Awaitable[None]]] = ()
+    depends_on: Sequence[str] = ()
+    """Services this one calls over HTTP (for readiness and client set-up)."""
+
+
+def context_dependency(service: str) -> Callable[[Request], ServiceContext]:
+    def get_context(request: Request) -> ServiceContext:
+        ctx: ServiceContext = request.app.state.services[service]
+        return ctx
+
+    get_context.__name__ = f"{service}_context"
+    return get_context
+
+
+def context_type(service: str) -> Any:
+    """`CatalogContext = context_type("catalog")` gives an annotated dependency type."""
+    return Annotated[ServiceContext, Depends(context_dependency(service))]
