@@ -1,0 +1,121 @@
+"""The `prost` command.
+
+    prost up [--distributed] [--replicas orders=2,...]   run the whole system
+    prost serve <service>                                 run one service (distributed mode)
+    prost migrate                                         apply every schema's migrations
+    prost users create-admin                              make sure an admin exists
+    prost dlq list|replay <service>                       dead letters
+    prost seed / prost demo                               demo data and a walkthrough
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from prost.kit.logs import configure_logging
+from prost.kit.settings import SERVICES, Settings
+
+app = typer.Typer(help="prost: an event-driven e-commerce backend.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+async def _run_until_signalled(start: asyncio.Future[None] | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@app.command()
+def up(
+    distributed: Annotated[bool, typer.Option("--distributed", help="Run the gateway and every service as separate processes.")] = False,
+    replicas: Annotated[str, typer.Option(help="Replicas per service, e.g. orders=2,catalog=2 (distributed mode).")] = "",
+) -> None:
+    """Start the whole system (embedded PostgreSQL and in-process bus unless configured)."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+    if distributed:
+        from prost.runtime.distributed import run_distributed
+
+        sys.exit(run_distributed(settings, replicas=replicas))
+    asyncio.run(_up(settings))
+
+
+async def _up(settings: Settings) -> None:
+    from prost.runtime.embedded import System
+
+    system = System(settings)
+    with console.status("starting prost", spinner="dots") as status:
+        system.progress = lambda msg: status.update(f"prost: {msg}")
+        try:
+            await system.start()
+        except BaseException:
+            await system.stop()
+            raise
+    console.print(f"[bold green]prost is up[/] at [link={system.url}]{system.url}[/]")
+    console.print(f"  storefront   {system.url}/")
+    console.print(f"  API docs     {system.url}/docs")
+    console.print(f"  health       {system.url}/health   ready {system.url}/ready   metrics {system.url}/metrics")
+    console.print("  Ctrl-C stops it")
+    try:
+        waiter = asyncio.create_task(system.wait())
+        signalled = asyncio.create_task(_run_until_signalled())
+        await asyncio.wait({waiter, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiter, signalled):
+            task.cancel()
+    finally:
+        console.print("prost: stopping")
+        await system.stop()
+        console.print("prost: stopped")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply every service's migrations to PROST_DATABASE_URL (safe to run twice, or from two processes)."""
+    from prost.kit import migrations
+
+    settings = _settings()
+    if not settings.database_url:
+        console.print("[red]PROST_DATABASE_URL is not set[/] (the embedded mode migrates by itself on `prost up`)")
+        raise typer.Exit(2)
+    url = settings.database_url
+
+    async def run() -> None:
+        await migrations.ensure_database(url)
+        await migrations.upgrade(url)
+
+    asyncio.run(run())
+    console.print("migrations applied: " + ", ".join(SERVICES))
+
+
+@app.command()
+def makemigration(service: str, message: str) -> None:
+    """Write a new Alembic revision for SERVICE from its tables (needs a scratch PROST_DATABASE_URL)."""
+    from prost.kit import migrations
+
+    url = _settings().database_url
+    if not url:
+        console.print("[red]PROST_DATABASE_URL (a scratch database) is required[/]")
+        raise typer.Exit(2)
+    asyncio.run(migrations.make_revision(url, service, message))
+
+
+def main() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        app()
+
+
+if __name__ == "__main__":
+    main()

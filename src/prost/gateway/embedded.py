@@ -1,0 +1,39 @@
+"""The front door in the embedded mode: one app with every service's routes.
+
+In the distributed mode the gateway is a proxy (`gateway.proxy`); here the services
+live in the same process, so their routers are mounted directly, behind the same
+edge concerns (request ids, body limit, errors, metrics, rate limits, CORS, pages).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from prost.kit.auth import TokenAuthority
+from prost.kit.bus.base import MessageBus
+from prost.kit.http import create_service_app
+from prost.kit.settings import Settings
+
+if TYPE_CHECKING:
+    from prost.runtime.host import ServiceHost
+
+
+def create_embedded_app(host: ServiceHost, *, settings: Settings, engine: AsyncEngine, bus: MessageBus, auth: TokenAuthority) -> FastAPI:
+    async def database_ready() -> bool:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+
+    app = create_service_app(
+        "gateway",
+        title="prost",
+        ready_checks={"database": database_ready, "bus": bus.is_ready},
+    )
+    app.state.auth = auth
+    app.state.settings = settings
+    host.mount(app)
+    return app

@@ -1,0 +1,29 @@
+"""The embedded PostgreSQL (`pgserver`): a real PostgreSQL 16 shipped in a wheel."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (Path(data_dir) / "pg").resolve()
+        self._server: Any = None
+
+    async def start(self) -> str:
+        """Start (or attach to) the server and return a URL for the `prost` database."""
+        import pgserver
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.to_thread(pgserver.get_server, self.pgdata, cleanup_mode="stop")
+        uri = urlparse(self._server.get_uri())
+        socket_dir = parse_qs(uri.query)["host"][0]
+        return f"postgresql://postgres@/prost?host={socket_dir}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await asyncio.to_thread(self._server.cleanup)
+            self._server = None

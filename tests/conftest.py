@@ -1,0 +1,174 @@
+"""Shared fixtures: a fresh migrated database per test run, a RabbitMQ vhost, a running system.
+
+- PROST_TEST_DATABASE_URL: a PostgreSQL server to use (a throwaway database is created
+  on it and dropped at the end); without it, the embedded PostgreSQL is started.
+- PROST_TEST_BROKER_URL: RabbitMQ (default amqp://guest:guest@127.0.0.1:5672/); tests
+  that need it skip when it is unreachable, or fail when PROST_REQUIRE_SERVICES=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+os.environ.setdefault("PROST_BCRYPT_ROUNDS", "4")
+
+from prost.kit import migrations  # noqa: E402
+from prost.kit.db import create_engine  # noqa: E402
+from prost.kit.settings import Settings  # noqa: E402
+from helpers import ADMIN_EMAIL, ADMIN_PASSWORD  # noqa: E402
+
+REQUIRE_SERVICES = os.environ.get("PROST_REQUIRE_SERVICES") == "1"
+DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def require(reason: str) -> None:
+    """Skip with a reason, or fail when the run says services must be there."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service missing: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="prost-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def server_url(tmp_root: Path) -> AsyncIterator[str]:
+    """A PostgreSQL server URL (without a database chosen for prost)."""
+    external = os.environ.get("PROST_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    from prost.runtime.embedded_pg import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(tmp_root / "embedded")
+    url = await pg.start()
+    yield url
+    await pg.stop()
+
+
+def _with_database(url: str, name: str) -> str:
+    return str(sa.make_url(url).set(database=name).render_as_string(hide_password=False))
+
+
+@asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    name = f"prost_test_{uuid.uuid4().hex[:12]}"
+    url = _with_database(server, name)
+    await migrations.ensure_database(url)
+    try:
+        await migrations.upgrade(url)
+        yield url
+    finally:
+        admin = create_engine(_with_database(server, "postgres"), pool_size=1)
+        async with admin.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """One migrated database for the whole run; tests keep apart by unique names."""
+    async with fresh_database(server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def make_database(server_url: str) -> Callable[[], AbstractAsyncContextManager[str]]:
+    """For tests that need a database of their own (counting rows, migrations)."""
+    return lambda: fresh_database(server_url)
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(database_url)
+    yield eng
+    await eng.dispose()
+
+
+def _broker_reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5672), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def broker_server_url() -> str:
+    url = os.environ.get("PROST_TEST_BROKER_URL", DEFAULT_BROKER)
+    if not _broker_reachable(url):
+        require(f"RabbitMQ is not reachable at {urlparse(url).hostname}:{urlparse(url).port or 5672}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def broker_url(broker_server_url: str) -> Iterator[str]:
+    """A RabbitMQ vhost of this test run's own (removed at the end)."""
+    if shutil.which("rabbitmqctl") is None:
+        yield broker_server_url
+        return
+    vhost = f"prost_test_{uuid.uuid4().hex[:10]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    user = urlparse(broker_server_url).username or "guest"
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"], check=True, capture_output=True)
+    yield broker_server_url.rstrip("/") + "/" + vhost
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+
+
+def test_settings(tmp_root: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_root / f"data-{uuid.uuid4().hex[:8]}",
+        "http_port": 0,
+        "bcrypt_rounds": 4,
+        "jwt_secret": "test-secret-" + "x" * 40,
+        "rate_limit_per_second": 0,
+        "retry_base_delay_ms": 20,
+        "outbox_poll_seconds": 0.5,
+        "sweep_interval_seconds": 0.2,
+        "saga_step_timeout_seconds": 5,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def settings_factory(tmp_root: Path) -> Callable[..., Settings]:
+    return lambda **overrides: test_settings(tmp_root, **overrides)
+
+
+@pytest.fixture(scope="session")
+async def system(database_url: str, settings_factory: Callable[..., Settings]) -> AsyncIterator[Any]:
+    """The whole system in this process (embedded mode, in-process bus) on the test database."""
+    from prost.runtime.embedded import System
+
+    async with System(settings_factory(database_url=database_url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(system: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=system.url, timeout=30) as c:
+        yield c
