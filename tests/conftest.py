@@ -164,7 +164,9 @@ async def system(database_url: str, settings_factory: Callable[..., Settings]) -
     """The whole system in this process (embedded mode, in-process bus) on the test database."""
     from prost.runtime.embedded import System
 
-    async with System(settings_factory(database_url=database_url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD)) as running:
+    only = os.environ.get("PROST_TEST_SERVICES")
+    services = [s.strip() for s in only.split(",") if s.strip()] if only else None
+    async with System(settings_factory(database_url=database_url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD), services=services) as running:
         yield running
 
 
