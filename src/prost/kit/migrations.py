@@ -9,6 +9,7 @@ A service's `migrations/env.py` is two lines: it hands its MetaData to `run_env`
 
 from __future__ import annotations
 
+import importlib.util
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -64,10 +65,14 @@ def _run(connection: Connection, service: str, action: str, revision: str) -> No
         command.downgrade(cfg, revision)
 
 
+def has_history(service: str) -> bool:
+    return importlib.util.find_spec(f"prost.{service}.migrations") is not None
+
+
 async def migrate(url: str, *, services: Iterable[str] = SERVICES, action: str = "upgrade", revision: str = "head") -> None:
     engine = create_engine(url, pool_size=1, max_overflow=0)
     try:
-        for service in services:
+        for service in (s for s in services if has_history(s)):
             async with engine.begin() as conn:
                 await conn.run_sync(_run, service, action, revision)
     finally:
