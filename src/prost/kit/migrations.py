@@ -92,9 +92,10 @@ async def ensure_database(url: str) -> None:
     admin = create_engine(target.set(database="postgres").render_as_string(hide_password=False), pool_size=1)
     try:
         async with admin.connect() as conn:
-            exists = await conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            # CREATE DATABASE cannot run in a transaction: switch before the first query.
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            exists = await auto.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
             if not exists:
-                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 try:
                     await auto.execute(sa.text(f'CREATE DATABASE "{name}"'))
                 except sa.exc.DBAPIError as exc:
