@@ -15,7 +15,8 @@ Semantics both keep:
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,7 +26,23 @@ Handler = Callable[[Envelope], Awaitable[None]]
 
 
 class PublishError(Exception):
-    """Some envelopes were not confirmed; the caller keeps them for a later try."""
+    """Some envelopes were not confirmed; the caller keeps them for a later try.
+
+    For a batch, `sent` names the envelopes that *were* confirmed (the caller may mark
+    them done) and `failed` maps each failed event id to its own error (`Unroutable`
+    or another `PublishError`). Both empty: nothing is known to be confirmed.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        sent: Collection[uuid.UUID] = (),
+        failed: Mapping[uuid.UUID, PublishError] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sent: Collection[uuid.UUID] = sent
+        self.failed: Mapping[uuid.UUID, PublishError] = failed or {}
 
 
 class Unroutable(PublishError):

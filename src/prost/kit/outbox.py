@@ -1,0 +1,320 @@
+"""The transactional outbox: events commit with the change they announce, then a relay
+publishes them (DESIGN.md section 4, step 1).
+
+Writing:
+    `add_to_outbox(session, envelope)` inserts a row into `<producer>.outbox` inside the
+    caller's transaction and, in the same statement, `pg_notify('prost_outbox', '<schema>')`.
+    PostgreSQL delivers the notification only at commit (and folds repeats within one
+    transaction), so a relay wakes as soon as the row is visible, and never for a row
+    that was rolled back.
+
+Relaying (`OutboxRelay`, one per service schema, any number of replicas):
+    1. claim up to `batch_size` unsent rows `ORDER BY seq FOR UPDATE SKIP LOCKED`
+       (replicas take disjoint batches; a relay that dies releases its rows);
+    2. `bus.publish(batch)`: returns once the broker confirmed (memory bus: once every
+       subscribed service handled the event or parked it as dead);
+    3. mark the confirmed rows `sent_at = now()` and commit.
+    A crash between 2 and 3 publishes the rows again later: delivery is at least once
+    and the consumer's inbox absorbs the duplicate.
+
+Failures:
+    - `Unroutable` (no queue bound for the routing key): logged at error level, the row
+      stays unsent with `attempts + 1` and `last_error`, and this relay skips it for a
+      growing while (2 s, 4 s, ... capped at 5 min) so later rows are never held up.
+    - broker down / publish timeout: nothing is marked, the transaction rolls back and
+      `run()` backs off (0.1 s doubling to 10 s) before trying again.
+
+Waking: `run()` LISTENs on a dedicated asyncpg connection (built from the engine's URL)
+and also polls every `poll_seconds` as a safety net; the listen connection is checked
+and re-made if it drops. Sent rows older than `retention_hours` are purged in chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from prost.kit.bus.base import MessageBus, PublishError, Unroutable
+from prost.kit.db import Session, schema_metadata
+from prost.kit.messages import Envelope
+
+log = logging.getLogger("prost.outbox")
+
+CHANNEL = "prost_outbox"
+"""The NOTIFY channel; the payload is the schema that has new rows."""
+
+LISTEN_APPLICATION_NAME = "prost-outbox-listen"
+
+_UNROUTABLE_MAX_DELAY = 300.0
+_BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
+_PURGE_EVERY_SECONDS = 300.0
+_PURGE_CHUNK = 5000
+
+
+@cache
+def outbox_of(schema: str) -> sa.Table:
+    """The `outbox` table of one service schema."""
+    return schema_metadata(schema).tables[f"{schema}.outbox"]
+
+
+def _insert_and_notify(schema: str, rows: list[dict[str, Any]]) -> sa.Select[Any]:
+    # One round trip: a data-modifying CTE runs whether or not it is read, and the
+    # NOTIFY is queued in the same transaction, so it fires only if this commits.
+    ins = sa.insert(outbox_of(schema)).values(rows).returning(outbox_of(schema).c.seq).cte(f"ins_{schema}")
+    return sa.select(sa.func.pg_notify(CHANNEL, schema)).select_from(ins).limit(1)
+
+
+def _row(envelope: Envelope) -> dict[str, Any]:
+    return {
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "envelope": envelope.model_dump(mode="json"),
+    }
+
+
+async def add_to_outbox(session: Session, envelope: Envelope) -> None:
+    """Queue `envelope` for publishing in `<envelope.producer>.outbox`, in the caller's
+    transaction: it is published if and only if that transaction commits."""
+    await session.execute(_insert_and_notify(envelope.producer, [_row(envelope)]))
+
+
+async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> None:
+    """`add_to_outbox` for several envelopes, one statement per producer schema."""
+    by_schema: dict[str, list[dict[str, Any]]] = {}
+    for envelope in envelopes:
+        by_schema.setdefault(envelope.producer, []).append(_row(envelope))
+    for schema, rows in by_schema.items():
+        await session.execute(_insert_and_notify(schema, rows))
+
+
+def listen_dsn(engine: AsyncEngine) -> str:
+    """A plain `postgresql://` DSN for asyncpg from the engine's URL (keeps `?host=`)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class OutboxRelay:
+    """Publishes one schema's outbox; safe to run in several replicas at once."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        bus: MessageBus,
+        schema: str,
+        *,
+        batch_size: int = 200,
+        poll_seconds: float = 2.0,
+        retention_hours: float = 24,
+        publish_timeout: float = 60.0,
+    ) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.schema = schema
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.retention = timedelta(hours=retention_hours)
+        self.publish_timeout = publish_timeout
+        self.table = outbox_of(schema)
+        self._wake = asyncio.Event()
+        # seq -> monotonic time before which this relay does not retry an unroutable row.
+        self._parked: dict[int, float] = {}
+        self.listening = asyncio.Event()
+        """Set while the LISTEN connection is up (tests and readiness can wait on it)."""
+
+    # -- one batch -------------------------------------------------------------------
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many rows were marked sent.
+
+        Raises `PublishError` (after committing whatever was confirmed) when the bus
+        failed for a reason other than `Unroutable`, so the caller backs off."""
+        _claimed, sent = await self._relay_batch()
+        return sent
+
+    async def _relay_batch(self) -> tuple[int, int]:
+        t = self.table
+        now = time.monotonic()
+        self._parked = {seq: until for seq, until in self._parked.items() if until > now}
+        query = sa.select(t.c.seq, t.c.envelope, t.c.attempts).where(t.c.sent_at.is_(None))
+        if self._parked:
+            query = query.where(t.c.seq.not_in(list(self._parked)))
+        query = query.order_by(t.c.seq).limit(self.batch_size).with_for_update(skip_locked=True)
+
+        transient: PublishError | None = None
+        async with self.engine.begin() as session:
+            rows = (await session.execute(query)).all()
+            if not rows:
+                return 0, 0
+            by_id: dict[str, tuple[int, int]] = {}
+            envelopes: list[Envelope] = []
+            for seq, raw, attempts in rows:
+                envelope = Envelope.model_validate(raw)
+                by_id[str(envelope.event_id)] = (seq, attempts)
+                envelopes.append(envelope)
+            try:
+                async with asyncio.timeout(self.publish_timeout):
+                    await self.bus.publish(envelopes)
+            except TimeoutError as exc:
+                # Nothing is known to be confirmed: roll back, rows stay unsent.
+                raise PublishError(f"publish timed out after {self.publish_timeout:g} s") from exc
+            except PublishError as exc:
+                if not exc.sent and not exc.failed:
+                    raise  # the whole batch failed the same way (broker down): roll back
+                sent_seqs = [by_id[str(i)][0] for i in exc.sent if str(i) in by_id]
+                await self._mark_sent(session, sent_seqs)
+                await self._record_failures(session, exc, by_id)
+                if any(not isinstance(e, Unroutable) for e in exc.failed.values()):
+                    transient = exc
+                claimed, sent = len(rows), len(sent_seqs)
+            else:
+                await self._mark_sent(session, [seq for seq, _ in by_id.values()])
+                claimed, sent = len(rows), len(rows)
+        if transient is not None:
+            raise transient
+        return claimed, sent
+
+    async def _mark_sent(self, session: Session, seqs: list[int]) -> None:
+        if seqs:
+            t = self.table
+            await session.execute(
+                sa.update(t).where(t.c.seq.in_(seqs)).values(sent_at=sa.func.now(), attempts=t.c.attempts + 1)
+            )
+
+    async def _record_failures(self, session: Session, exc: PublishError, by_id: dict[str, tuple[int, int]]) -> None:
+        t = self.table
+        for event_id, error in exc.failed.items():
+            if str(event_id) not in by_id:
+                continue
+            seq, attempts = by_id[str(event_id)]
+            if isinstance(error, Unroutable):
+                delay = min(2.0 ** (attempts + 1), _UNROUTABLE_MAX_DELAY)
+                self._parked[seq] = time.monotonic() + delay
+                log.error(
+                    "outbox %s: event %s (seq %d) is unroutable, no queue is bound for it; "
+                    "kept unsent (attempt %d), retrying in %.0f s: %s",
+                    self.schema,
+                    event_id,
+                    seq,
+                    attempts + 1,
+                    delay,
+                    error,
+                    extra={"event_id": str(event_id)},
+                )
+            await session.execute(
+                sa.update(t).where(t.c.seq == seq).values(attempts=t.c.attempts + 1, last_error=str(error)[:2000])
+            )
+
+    # -- housekeeping ----------------------------------------------------------------
+
+    async def purge(self) -> int:
+        """Delete sent rows older than the retention; returns how many."""
+        t = self.table
+        cutoff = datetime.now(UTC) - self.retention
+        total = 0
+        while True:
+            victims = (
+                sa.select(t.c.seq)
+                .where(t.c.sent_at.is_not(None), t.c.sent_at < cutoff)
+                .limit(_PURGE_CHUNK)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            async with self.engine.begin() as session:
+                deleted = (await session.execute(sa.delete(t).where(t.c.seq.in_(victims)))).rowcount
+            total += deleted
+            if deleted < _PURGE_CHUNK:
+                return total
+
+    async def pending(self) -> int:
+        """How many rows are not sent yet (for metrics and tests)."""
+        t = self.table
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.sent_at.is_(None)))
+        return int(count or 0)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until cancelled: on every notification, and every `poll_seconds`."""
+        listener = asyncio.create_task(self._listen(), name=f"{self.schema}.outbox-listen")
+        backoff = _BACKOFF_MIN
+        next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    claimed, _ = await self._relay_batch()
+                except (PublishError, OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
+                    log.warning("outbox %s: publishing failed (%s); retrying in %.1f s", self.schema, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    continue
+                backoff = _BACKOFF_MIN
+                if claimed:
+                    continue  # more may be waiting; notifications that came meanwhile are covered
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
+                    try:
+                        purged = await self.purge()
+                    except (OSError, sa.exc.DBAPIError) as exc:
+                        log.warning("outbox %s: purge failed: %s", self.schema, exc)
+                    else:
+                        if purged:
+                            log.info("outbox %s: purged %d sent rows", self.schema, purged)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wake.wait()
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _listen(self) -> None:
+        """Keep one LISTEN connection; wake the loop on our schema's notifications."""
+        dsn = listen_dsn(self.engine)
+        delay = _BACKOFF_MIN
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            if payload == self.schema:
+                self._wake.set()
+
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(dsn, server_settings={"application_name": LISTEN_APPLICATION_NAME})
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, on_notify)
+                self.listening.set()
+                self._wake.set()  # catch up on whatever was committed while we were not listening
+                delay = _BACKOFF_MIN
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(self.poll_seconds, 5.0)):
+                            await lost.wait()
+                    if not lost.is_set():
+                        # A half-open TCP connection says nothing; ask it something.
+                        await conn.fetchval("SELECT 1", timeout=5)
+                log.warning("outbox %s: listen connection lost; reconnecting", self.schema)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("outbox %s: listen connection failed (%s); retrying in %.1f s", self.schema, exc, delay)
+            finally:
+                self.listening.clear()
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
