@@ -2,7 +2,8 @@
 
 In the distributed mode the gateway is a proxy (`gateway.proxy`); here the services
 live in the same process, so their routers are mounted directly, behind the same
-edge concerns (request ids, body limit, errors, metrics, rate limits, CORS, pages).
+edge concerns (request ids, body cap, metrics, rate limits, token check, CORS) and
+with the same storefront pages.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from prost.gateway.edge import install_edge
 from prost.kit.auth import TokenAuthority
 from prost.kit.bus.base import MessageBus
 from prost.kit.http import create_service_app
@@ -32,8 +34,18 @@ def create_embedded_app(host: ServiceHost, *, settings: Settings, engine: AsyncE
         "gateway",
         title="prost",
         ready_checks={"database": database_ready, "bus": bus.is_ready},
+        edge=lambda a: install_edge(a, settings=settings, auth=auth, check_tokens=True),
     )
     app.state.auth = auth
     app.state.settings = settings
     host.mount(app)
+    mount_pages(app)
     return app
+
+
+def mount_pages(app: FastAPI) -> None:
+    try:
+        from prost.gateway.storefront import mount_storefront
+    except ImportError:  # the pages are optional to the API
+        return
+    mount_storefront(app)

@@ -184,8 +184,13 @@ def create_service_app(
     ready_checks: dict[str, ReadyCheck] | None = None,
     title: str | None = None,
     openapi: bool = True,
+    edge: Callable[[FastAPI], None] | None = None,
 ) -> FastAPI:
-    """Build a service's ASGI app. `ready_checks` may also be filled in later via `app.state.ready_checks`."""
+    """Build a service's ASGI app. `ready_checks` may also be filled in later via `app.state.ready_checks`.
+
+    `edge` adds middleware that must run inside request ids, the body cap and metrics
+    but before the routes (the gateway's rate limits, token check, CORS).
+    """
     app = FastAPI(
         title=title or f"prost {name}",
         version="0.1.0",
@@ -229,6 +234,8 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
 
+    if edge is not None:
+        edge(app)
     app.add_middleware(MetricsMiddleware, service=name, registry=registry)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)

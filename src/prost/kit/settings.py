@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     saga_step_timeout_seconds: float = 30.0
     payment_latency_ms: int = 0
     http_client_timeout_seconds: float = 5.0
+    gateway_timeout_seconds: float = 10.0
 
     log_level: str = "INFO"
 
