@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 1.0
     saga_step_timeout_seconds: float = 30.0
     payment_latency_ms: int = 0
+    # payments: a provider call that does not answer within this is given up as
+    # `payment_error` (0 = 1.5 × the saga step timeout: the saga times out first)
+    payment_provider_timeout_seconds: float = 0.0
+    payment_max_attempts: int = Field(default=5, ge=1)
+    payment_retry_base_ms: int = 200
     http_client_timeout_seconds: float = 5.0
     gateway_timeout_seconds: float = 10.0
 
