@@ -30,7 +30,7 @@ def _settings() -> Settings:
     return Settings()
 
 
-async def _run_until_signalled(start: asyncio.Future[None] | None = None) -> None:
+async def _run_until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -79,6 +79,31 @@ async def _up(settings: Settings) -> None:
         console.print("prost: stopping")
         await system.stop()
         console.print("prost: stopped")
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="gateway, users, catalog, cart, orders or payments")],
+) -> None:
+    """Run one service (or the gateway) in this process, against PROST_DATABASE_URL and PROST_BROKER_URL."""
+    from prost.runtime.distributed import ConfigurationError
+    from prost.runtime.distributed import serve as serve_one
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_one(service, settings, stop)
+
+    try:
+        asyncio.run(run())
+    except ConfigurationError as exc:
+        console.print(f"[red]prost serve {service}:[/] {exc}")
+        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Self
 
@@ -53,9 +53,22 @@ def make_bus(settings: Settings) -> MessageBus:
     return MemoryBus(max_delivery_attempts=settings.max_delivery_attempts, retry_base_delay_ms=settings.retry_base_delay_ms)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the runners own SIGINT/SIGTERM and
+    stop the system in order (uvicorn would re-raise the signal after serving and
+    kill the process before the embedded PostgreSQL is stopped)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind before serving, so the port is known early; `reuse_port` lets replicas share it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -111,7 +124,7 @@ class System:
         self.progress("starting the services")
         await self.host.start()
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", loop="none", http="httptools")
-        self._server = uvicorn.Server(config)
+        self._server = QuietServer(config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[self._socket]), name="http")
         while not self._server.started:
             if self._serve_task.done():
