@@ -30,10 +30,18 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+import orjson
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("prost.errors")
+
+
+class JSONBody(JSONResponse):
+    """JSON rendered by orjson (decimal strings and UUIDs are already strings here)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class DomainError(Exception):
@@ -131,8 +139,8 @@ def error_body(code: str, message: str, status: int, details: list[Any] | None =
 
 def error_response(
     code: str, message: str, status: int, *, details: list[Any] | None = None, headers: dict[str, str] | None = None
-) -> ORJSONResponse:
-    return ORJSONResponse(error_body(code, message, status, details), status_code=status, headers=headers)
+) -> JSONBody:
+    return JSONBody(error_body(code, message, status, details), status_code=status, headers=headers)
 
 
 def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:
@@ -150,11 +158,11 @@ def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> ORJSONResponse:
+    async def _domain(_: Request, exc: DomainError) -> JSONBody:
         return error_response(exc.code, exc.message, exc.status, details=exc.details, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONBody:
         details = _clean_validation_errors(exc.errors())
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(p for p in first["loc"] if p != "body") or "request"
@@ -162,7 +170,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response("validation_error", message, 422, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONBody:
         status = exc.status_code
         code = _STATUS_CODES.get(status, "internal_error" if status >= 500 else "error")
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
@@ -171,6 +179,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(code, message, status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONBody:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response("internal_error", "internal error", 500)

@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -194,7 +194,6 @@ def create_service_app(
     app = FastAPI(
         title=title or f"prost {name}",
         version="0.1.0",
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
         openapi_url="/openapi.json" if openapi else None,
         docs_url="/docs" if openapi else None,
@@ -211,7 +210,7 @@ def create_service_app(
         return {"status": "ok"}
 
     @app.get("/ready", tags=["health"], summary="Database and bus reachable")
-    async def ready() -> ORJSONResponse:
+    async def ready() -> errors.JSONBody:
         checks: dict[str, ReadyCheck] = app.state.ready_checks
         results: dict[str, str] = {}
         for check_name, check in checks.items():
@@ -222,10 +221,10 @@ def create_service_app(
             results[check_name] = "ok" if ok else "down"
         healthy = all(v == "ok" for v in results.values())
         if healthy:
-            return ORJSONResponse({"status": "ready", "checks": results})
+            return errors.JSONBody({"status": "ready", "checks": results})
         body = errors.error_body("unavailable", "not ready: " + ", ".join(k for k, v in results.items() if v != "ok"), 503)
         body["checks"] = results
-        return ORJSONResponse(body, status_code=503)
+        return errors.JSONBody(body, status_code=503)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=True)
     async def metrics() -> Response:
