@@ -19,15 +19,13 @@ from typing import Any
 import aiohttp
 from yarl import URL
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prost.gateway.edge import install_edge
 from prost.gateway.routes import service_for
 from prost.kit import errors
 from prost.kit.auth import TokenAuthority
-from prost.kit.http import _send_error, create_service_app
+from prost.kit.http import _send_error, create_service_app, install_docs
 from prost.kit.settings import Settings
 
 HOP_BY_HOP = frozenset(
@@ -177,9 +175,7 @@ def serve_openapi(app: FastAPI, schema: dict[str, Any] | None) -> None:
     async def openapi() -> dict[str, Any]:
         return schema
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="prost API")
+    install_docs(app)
 
 
 async def wait_ready(gateway: Gateway, timeout: float = 30.0) -> bool:

@@ -196,7 +196,7 @@ def create_service_app(
         version="0.1.0",
         lifespan=lifespan,
         openapi_url="/openapi.json" if openapi else None,
-        docs_url="/docs" if openapi else None,
+        docs_url=None,
         redoc_url=None,
     )
     registry = CollectorRegistry()
@@ -232,6 +232,8 @@ def create_service_app(
 
     for router in routers:
         app.include_router(router)
+    if openapi:
+        install_docs(app)
 
     if edge is not None:
         edge(app)
@@ -239,3 +241,23 @@ def create_service_app(
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def install_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
+    """`/docs`: Swagger UI from the `swagger-ui-bundle` wheel, so it works offline."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from starlette.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
