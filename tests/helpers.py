@@ -49,3 +49,30 @@ async def admin_token(client: httpx.AsyncClient) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class served:  # noqa: N801 - used as `async with served(app) as url`
+    """Serve an ASGI app on a free loopback port inside the test's event loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __aenter__(self) -> str:
+        import uvicorn
+
+        from prost.runtime.embedded import QuietServer, bind_socket
+
+        self._sock = bind_socket("127.0.0.1", 0)
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="on", loop="none")
+        self._server = QuietServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                await self._task
+            await asyncio.sleep(0.01)
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        await self._task
+        self._sock.close()
