@@ -28,5 +28,19 @@ users = sa.Table(
     sa.Index(None, "created_at"),
 )
 
+# Failed (and in-flight) logins, one row each, per account and per client address: a
+# sliding window every replica sees. Rows older than the window are purged.
+login_attempts = sa.Table(
+    "login_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("scope", sa.String(10), nullable=False),
+    sa.Column("key", sa.String(320), nullable=False),
+    sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("scope IN ('account', 'address')", name="scope"),
+    sa.Index(None, "scope", "key", "attempted_at"),
+    sa.Index(None, "attempted_at"),
+)
+
 outbox = metadata.tables["users.outbox"]
 idempotency_records = metadata.tables["users.idempotency_records"]

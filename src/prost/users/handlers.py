@@ -1,0 +1,24 @@
+"""Events the users service consumes.
+
+`user.credentials_changed` (its own announcement) feeds this process's token
+revocations, so a replica that did not make the change refuses the older tokens too.
+"""
+
+from __future__ import annotations
+
+from prost.contracts.users import UserCredentialsChanged
+from prost.kit.db import Session
+from prost.kit.messages import Envelope
+from prost.kit.service import EventHandler, Raw, ServiceContext
+
+
+async def refuse_tokens_before_credentials_change(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
+    event = UserCredentialsChanged.model_validate(envelope.payload)
+    if ctx.auth.revocations is not None:
+        # revoke_before only ever raises the bar: a stale or repeated event changes nothing.
+        ctx.auth.revocations.revoke_before(event.user_id, event.version)
+
+
+SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+    UserCredentialsChanged.TYPE: refuse_tokens_before_credentials_change,
+}
