@@ -17,6 +17,8 @@ from prost.kit.bus.base import MessageBus, PublishError
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
 
+pytestmark = pytest.mark.usefixtures("schemas")
+
 
 async def unsent(engine: AsyncEngine, schema: str) -> list[tuple[uuid.UUID, int, str | None]]:
     t = outbox.outbox_of(schema)

@@ -1,0 +1,247 @@
+"""Streams through running relays: replicas, several schemas, dropped connections, a
+broker restart, an embedded restart. Every case ends with each event counted once
+after the inbox and every outbox row sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import sqlalchemy as sa
+from messaging_support import (
+    EFFECTS,
+    Harness,
+    clear_outbox,
+    counting_handler,
+    effects,
+    envelope,
+    rabbit_maker,
+    relay_for,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from helpers import eventually
+from prost.kit import outbox
+from prost.kit.bus.base import MessageBus, PublishError
+from prost.kit.bus.memory import MemoryBus
+from prost.kit.messages import Envelope
+
+pytestmark = pytest.mark.usefixtures("schemas")
+
+
+class Counting(MessageBus):
+    """Passes publishes through and remembers what was confirmed (per relay)."""
+
+    def __init__(self, inner: MessageBus) -> None:
+        self.inner = inner
+        self.published: list[uuid.UUID] = []
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        await self.inner.publish(envelopes)
+        self.published.extend(e.event_id for e in envelopes)
+
+    async def connect(self) -> None: ...
+    async def close(self) -> None: ...
+    async def declare(self, service: str, bindings: Sequence[str]) -> None: ...
+    async def consume(self, service: str, bindings: Sequence[str], handler: object) -> None: ...  # type: ignore[override]
+    async def is_ready(self) -> bool:
+        return True
+
+    async def dead_letters(self, service: str) -> list:  # type: ignore[type-arg]
+        return []
+
+    async def replay(self, service: str, ids: Sequence[str] | None = None) -> int:
+        return 0
+
+
+@contextlib.asynccontextmanager
+async def running(*relays: outbox.OutboxRelay) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(r.listening.wait() for r in relays)), 10)
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def write_stream(engine: AsyncEngine, envelopes: Sequence[Envelope], *, chunk: int, pause: float = 0.0) -> None:
+    for start in range(0, len(envelopes), chunk):
+        async with engine.begin() as session:
+            await outbox.add_all_to_outbox(session, envelopes[start : start + chunk])
+        if pause:
+            await asyncio.sleep(pause)
+
+
+async def all_handled(engine: AsyncEngine, schema: str, service: str, n: int) -> bool:
+    t = EFFECTS[schema]
+    async with engine.connect() as conn:
+        got = await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.service == service))
+    return int(got or 0) >= n
+
+
+async def assert_each_counted_once(
+    engine: AsyncEngine, schema: str, service: str, expected: Sequence[Envelope]
+) -> None:
+    got = await effects(engine, schema, service)
+    assert len(got) == len(set(got)), "an event took effect twice"
+    assert set(got) == {e.event_id for e in expected}
+
+
+@pytest.mark.slow
+async def test_two_relays_over_ten_thousand_rows_publish_every_row_once(engine: AsyncEngine, harness: Harness) -> None:
+    await clear_outbox(engine, "msg_a")
+    service = harness.service("orders")
+    bus = await harness.bus()
+    await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+    first, second = Counting(bus), Counting(await harness.new_bus())
+    stream = [envelope("order.placed", n=n) for n in range(10_000)]
+
+    async with running(relay_for(engine, first, "msg_a"), relay_for(engine, second, "msg_a")):
+        await write_stream(engine, stream, chunk=500)
+        await eventually(lambda: all_handled(engine, "msg_b", service, len(stream)), timeout=240, interval=0.5)
+        await eventually(lambda: _drained(engine, "msg_a"), timeout=30)
+
+    assert len(first.published) + len(second.published) == len(stream), "a row was published twice"
+    assert set(first.published).isdisjoint(second.published)
+    await assert_each_counted_once(engine, "msg_b", service, stream)
+
+
+async def _drained(engine: AsyncEngine, schema: str) -> bool:
+    t = outbox.outbox_of(schema)
+    async with engine.connect() as conn:
+        return not await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.sent_at.is_(None)))
+
+
+async def test_relays_over_two_schemas_at_once_each_publish_their_own(engine: AsyncEngine, harness: Harness) -> None:
+    await clear_outbox(engine, "msg_a")
+    await clear_outbox(engine, "msg_b")
+    service = harness.service("audit")
+    bus = await harness.bus()
+    await bus.consume(service, ["#"], counting_handler(engine, "msg_a", service))
+    from_a = [envelope("stock.reserved", producer="msg_a", n=n) for n in range(300)]
+    from_b = [envelope("payment.processed", producer="msg_b", n=n) for n in range(300)]
+    relay_a = relay_for(engine, Counting(bus), "msg_a", poll_seconds=3600)  # only NOTIFY can wake them
+    relay_b = relay_for(engine, Counting(await harness.new_bus()), "msg_b", poll_seconds=3600)
+
+    async with running(relay_a, relay_b):
+        await asyncio.gather(write_stream(engine, from_a, chunk=25), write_stream(engine, from_b, chunk=30))
+        await eventually(lambda: all_handled(engine, "msg_a", service, 600), timeout=60)
+
+    assert isinstance(relay_a.bus, Counting)
+    assert isinstance(relay_b.bus, Counting)
+    assert set(relay_a.bus.published) == {e.event_id for e in from_a}
+    assert set(relay_b.bus.published) == {e.event_id for e in from_b}
+    assert await _drained(engine, "msg_a")
+    assert await _drained(engine, "msg_b")
+    await assert_each_counted_once(engine, "msg_a", service, from_a + from_b)
+
+
+async def _listen_backends(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as conn:
+        rows = await conn.scalars(
+            sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :app AND datname = current_database()"),
+            {"app": outbox.LISTEN_APPLICATION_NAME},
+        )
+        return list(rows.all())
+
+
+async def test_relay_listens_again_after_its_connection_drops(engine: AsyncEngine, harness: Harness) -> None:
+    await clear_outbox(engine, "msg_a")
+    service = harness.service("orders")
+    bus = await harness.bus()
+    await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+    relay = relay_for(engine, bus, "msg_a", poll_seconds=3600)  # only NOTIFY can wake it
+
+    async with running(relay):
+        [old_pid] = await eventually(lambda: _listen_backends(engine))
+        async with engine.connect() as conn:
+            await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": old_pid})
+        new_pids = await eventually(lambda: _new_backend(engine, old_pid))
+        assert old_pid not in new_pids
+        await eventually(relay.listening.is_set)
+        batch = [envelope("order.placed") for _ in range(10)]
+        await write_stream(engine, batch, chunk=10)
+        await eventually(lambda: all_handled(engine, "msg_b", service, 10))
+
+    await assert_each_counted_once(engine, "msg_b", service, batch)
+
+
+async def _new_backend(engine: AsyncEngine, old: int) -> list[int]:
+    pids = await _listen_backends(engine)
+    return pids if pids and old not in pids else []
+
+
+async def test_embedded_restart_loses_nothing_the_row_stays_unsent_until_handled(engine: AsyncEngine) -> None:
+    await clear_outbox(engine, "msg_a")
+    service = "restart"
+    release = asyncio.Event()
+    first = MemoryBus(max_delivery_attempts=3, retry_base_delay_ms=20)
+    await first.connect()
+    handled_before_stop: list[uuid.UUID] = []
+
+    async def stuck(env: Envelope) -> None:
+        handled_before_stop.append(env.event_id)
+        await release.wait()
+
+    await first.consume(service, ["order.*"], stuck)
+    event = envelope("order.placed")
+    await write_stream(engine, [event], chunk=1)
+
+    relaying = asyncio.create_task(relay_for(engine, first, "msg_a").relay_once())
+    await eventually(lambda: handled_before_stop)
+    await first.close()  # the process stops while the subscriber is still at work
+    with pytest.raises(PublishError):
+        await relaying
+    assert not await _drained(engine, "msg_a")
+
+    second = MemoryBus(max_delivery_attempts=3, retry_base_delay_ms=20)
+    await second.connect()
+    try:
+        await second.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+        assert await relay_for(engine, second, "msg_a").relay_once() == 1
+        await assert_each_counted_once(engine, "msg_b", service, [event])
+        assert await _drained(engine, "msg_a")
+    finally:
+        await second.close()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+async def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(engine: AsyncEngine, broker_url: str) -> None:
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs rabbitmqctl to stop and start the broker")
+    await clear_outbox(engine, "msg_a")
+    harness = Harness("rabbitmq", rabbit_maker(broker_url))
+    service = harness.service("orders")
+    bus = await harness.bus()
+    consumer_bus = await harness.new_bus()
+    try:
+        await consumer_bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+        stream = [envelope("order.placed", n=n) for n in range(600)]
+        async with running(relay_for(engine, bus, "msg_a", poll_seconds=0.5)):
+            await write_stream(engine, stream[:300], chunk=10, pause=0.01)
+            await eventually(lambda: all_handled(engine, "msg_b", service, 50), timeout=60)
+            try:
+                await asyncio.to_thread(_rabbitmqctl, "stop_app")
+                await write_stream(engine, stream[300:], chunk=10, pause=0.01)  # the outbox keeps them
+            finally:
+                await asyncio.to_thread(_rabbitmqctl, "start_app")  # always give the shared broker back
+            await eventually(lambda: all_handled(engine, "msg_b", service, len(stream)), timeout=120, interval=0.5)
+            await eventually(lambda: _drained(engine, "msg_a"), timeout=30)
+        await assert_each_counted_once(engine, "msg_b", service, stream)
+    finally:
+        for b in reversed(harness.buses):
+            await b.close()
