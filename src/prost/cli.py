@@ -137,6 +137,58 @@ def makemigration(service: str, message: str) -> None:
     asyncio.run(migrations.make_revision(url, service, message))
 
 
+users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("create-admin")
+def create_admin(
+    email: Annotated[str, typer.Option(help="The admin's email.")],
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="Prompted for when not given.")
+    ],
+) -> None:
+    """Make sure an admin account with this email and password exists (creates, promotes or resets it).
+
+    Uses PROST_DATABASE_URL, else the embedded PostgreSQL under PROST_DATA_DIR (also while `prost up` runs)."""
+    settings = _settings()
+    try:
+        action, user_id = asyncio.run(_create_admin(settings, email, password))
+    except ValueError as exc:
+        console.print(f"[red]prost users create-admin:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"admin {email}: {action.replace('_', ' ')} (id {user_id})")
+
+
+async def _create_admin(settings: Settings, email: str, password: str) -> tuple[str, str]:
+    from prost.kit import migrations
+    from prost.kit.db import create_engine
+    from prost.runtime.embedded_pg import EmbeddedPostgres
+    from prost.users.admin import ensure_admin
+    from prost.users.passwords import PasswordHasher
+
+    pg: EmbeddedPostgres | None = None
+    if settings.database_url:
+        url = settings.database_url
+    else:
+        pg = EmbeddedPostgres(settings.data_dir)
+        url = await pg.start()
+    hasher = PasswordHasher(settings.bcrypt_rounds)
+    try:
+        await migrations.ensure_database(url)
+        await migrations.upgrade(url)
+        engine = create_engine(url, pool_size=1)
+        try:
+            result = await ensure_admin(engine, hasher, email=email, password=password, reset_password=True)
+        finally:
+            await engine.dispose()
+    finally:
+        hasher.close()
+        if pg is not None:
+            await pg.stop()
+    return result.action, str(result.user.id)
+
+
 def main() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         app()
