@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from prost.kit.bus.base import DeadLetter, MessageBus
 from prost.kit.logs import configure_logging
 from prost.kit.settings import SERVICES, Settings
 
@@ -187,6 +188,69 @@ async def _create_admin(settings: Settings, email: str, password: str) -> tuple[
         if pg is not None:
             await pg.stop()
     return result.action, str(result.user.id)
+
+
+dlq_app = typer.Typer(help="Dead letters: messages parked after max delivery attempts.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+def _dlq_bus() -> MessageBus:
+    from prost.kit import dlq
+
+    try:
+        return dlq.broker_bus(_settings())
+    except LookupError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+
+
+@dlq_app.command("list")
+def dlq_list(service: Annotated[str, typer.Argument(help="the service whose <service>.dead queue to read")]) -> None:
+    """List SERVICE's dead letters (the queue is left as it was)."""
+    from rich.table import Table
+
+    from prost.kit import dlq
+
+    bus = _dlq_bus()
+
+    async def run() -> list[DeadLetter]:
+        await bus.connect()
+        try:
+            return await dlq.list_dead(bus, service)
+        finally:
+            await bus.close()
+
+    dead = asyncio.run(run())
+    table = Table(title=f"{service}.dead: {len(dead)} message(s)")
+    for column in ("id", "event_type", "event_id", "attempts", "parked_at", "reason"):
+        table.add_column(column)
+    for d in dead:
+        table.add_row(
+            d.id, d.envelope.event_type, str(d.envelope.event_id), str(d.attempts), d.parked_at.isoformat(), d.reason
+        )
+    Console().print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    service: Annotated[str, typer.Argument(help="the service whose dead letters to send back to its queue")],
+    ids: Annotated[
+        list[str] | None, typer.Option("--id", help="a dead-letter id or event id (repeatable); none = all")
+    ] = None,
+) -> None:
+    """Send SERVICE's dead letters back to its queue, with a fresh attempt count."""
+    from prost.kit import dlq
+
+    bus = _dlq_bus()
+
+    async def run() -> int:
+        await bus.connect()
+        try:
+            return await dlq.replay(bus, service, ids or None)
+        finally:
+            await bus.close()
+
+    console.print(f"replayed {asyncio.run(run())} message(s) to {service}")
 
 
 def main() -> None:

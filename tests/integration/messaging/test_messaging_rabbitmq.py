@@ -1,0 +1,182 @@
+"""What only the RabbitMQ bus has: its queue layout, quorum queues, foreign bodies, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import aio_pika
+import pytest
+from messaging_support import ATTEMPTS, RETRY_MS, envelope
+
+from helpers import eventually
+from prost.kit.bus.rabbitmq import RabbitMQBus
+from prost.kit.messages import Envelope
+
+pytestmark = pytest.mark.rabbitmq
+
+
+def unique(name: str) -> str:
+    return f"{name}_{uuid.uuid4().hex[:8]}"
+
+
+async def make_bus(url: str, **options: object) -> RabbitMQBus:
+    settings: dict[str, object] = {
+        "exchange": unique("prost.events"),
+        "max_delivery_attempts": ATTEMPTS,
+        "retry_base_delay_ms": RETRY_MS,
+    }
+    settings.update(options)
+    bus = RabbitMQBus(url, **settings)  # type: ignore[arg-type]
+    await bus.connect()
+    return bus
+
+
+async def test_declare_lays_out_service_retry_and_dead_queues_and_is_idempotent(broker_url: str) -> None:
+    bus = await make_bus(broker_url)
+    service = unique("orders")
+    try:
+        await bus.declare(service, ["order.*"])
+        await bus.declare(service, ["order.*", "order.placed"])
+        connection = await aio_pika.connect(broker_url)
+        async with connection:
+            channel = await connection.channel()
+            names = [service, f"{service}.dead"] + [f"{service}.retry.{RETRY_MS * 2**n}" for n in range(ATTEMPTS - 1)]
+            for name in names:
+                await channel.get_queue(name, ensure=True)  # passive: raises if missing
+        assert bus.retry_delays_ms() == [RETRY_MS, RETRY_MS * 2]
+    finally:
+        await bus.close()
+
+
+async def test_quorum_queues_retry_and_dead_letter_the_same_way(broker_url: str) -> None:
+    bus = await make_bus(broker_url, quorum=True)
+    service = unique("payments")
+    calls: list[int] = []
+    try:
+
+        async def handle(env: Envelope) -> None:
+            calls.append(1)
+            raise RuntimeError("declined")
+
+        await bus.consume(service, ["payment.*"], handle)
+        await bus.publish([envelope("payment.requested")])
+        dead = await eventually(lambda: bus.dead_letters(service))
+        assert len(calls) == ATTEMPTS
+        assert dead[0].reason == "RuntimeError: declined"
+    finally:
+        await bus.close()
+
+
+async def test_a_body_that_is_not_an_envelope_is_parked_at_once(broker_url: str) -> None:
+    bus = await make_bus(broker_url)
+    service = unique("catalog")
+    calls: list[Envelope] = []
+    try:
+
+        async def handle(env: Envelope) -> None:
+            calls.append(env)
+
+        await bus.consume(service, ["product.*"], handle)
+        connection = await aio_pika.connect(broker_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(bus.exchange_name)
+            await exchange.publish(
+                aio_pika.Message(b"{not json", type="product.created"), routing_key="product.created"
+            )
+        dead = await eventually(lambda: bus.dead_letters(service))
+        assert "not an envelope" in dead[0].reason
+        assert dead[0].envelope.payload["raw"] == "{not json"
+        await bus.publish([envelope("product.created")])
+        await eventually(lambda: len(calls) == 1)
+    finally:
+        await bus.close()
+
+
+async def test_listing_dead_letters_leaves_them_in_place(broker_url: str) -> None:
+    bus = await make_bus(broker_url)
+    service = unique("cart")
+    try:
+
+        async def handle(env: Envelope) -> None:
+            raise ValueError("nope")
+
+        await bus.consume(service, ["cart.*"], handle)
+        await bus.publish([envelope("cart.checked_out", n=n) for n in range(3)])
+        await eventually(lambda: _count(bus, service, 3))
+        first = await bus.dead_letters(service)
+        second = await bus.dead_letters(service)
+        assert [d.id for d in first] == [d.id for d in second]
+        assert len({d.id for d in first}) == 3
+    finally:
+        await bus.close()
+
+
+async def _count(bus: RabbitMQBus, service: str, n: int) -> bool:
+    return len(await bus.dead_letters(service)) == n
+
+
+async def _prost(env: dict[str, str], *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("prost")),
+        *args,
+        env={**os.environ, **env, "COLUMNS": "250"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate()
+    return process.returncode or 0, out.decode()
+
+
+async def test_cli_lists_and_replays_a_services_dead_letters(broker_url: str) -> None:
+    bus = await make_bus(broker_url, exchange="prost.events")  # the CLI talks to the default exchange
+    service = unique("orders")
+    healthy = False
+    handled: list[uuid.UUID] = []
+    try:
+
+        async def handle(env: Envelope) -> None:
+            if not healthy:
+                raise RuntimeError("saga store down")
+            handled.append(env.event_id)
+
+        await bus.consume(service, ["order.placed"], handle)
+        keep, replayed = envelope("order.placed"), envelope("order.placed")
+        await bus.publish([keep, replayed])
+        await eventually(lambda: _count(bus, service, 2))
+
+        env = {"PROST_BROKER_URL": broker_url, "PROST_MAX_DELIVERY_ATTEMPTS": str(ATTEMPTS)}
+        code, out = await _prost(env, "dlq", "list", service)
+        assert code == 0, out
+        assert str(keep.event_id) in out
+        assert str(replayed.event_id) in out
+        assert "saga store down" in out
+
+        healthy = True
+        code, out = await _prost(env, "dlq", "replay", service, "--id", str(replayed.event_id))
+        assert code == 0, out
+        assert "replayed 1 message" in out
+        await eventually(lambda: handled == [replayed.event_id])
+        assert [d.envelope.event_id for d in await bus.dead_letters(service)] == [keep.event_id]
+    finally:
+        await bus.close()
+
+
+async def test_cli_refuses_dlq_without_a_broker() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROST_BROKER_URL"}
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("prost")),
+        "dlq",
+        "list",
+        "orders",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 2
+    assert b"PROST_BROKER_URL is not set" in out
