@@ -1,0 +1,106 @@
+"""Shared bits for benchmarks: processes, fresh databases, vhosts, wrk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from prost.kit import migrations
+from prost.kit.db import create_engine
+
+PG = os.environ.get("PROST_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP = os.environ.get("PROST_BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    name = f"prost_bench_{uuid.uuid4().hex[:10]}"
+    url = str(sa.make_url(PG).set(database=name).render_as_string(hide_password=False))
+    await migrations.ensure_database(url)
+    try:
+        await migrations.upgrade(url)
+        yield url
+    finally:
+        admin = create_engine(PG, pool_size=1)
+        async with admin.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@contextlib.contextmanager
+def fresh_vhost() -> Iterator[str]:
+    vhost = f"prost_bench_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
+    try:
+        yield AMQP.rstrip("/") + "/" + vhost
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PROST_")}
+        base.update({"PROST_LOG_LEVEL": "WARNING", "PROST_RATE_LIMIT_PER_SECOND": "0", "PROST_HTTP_PORT": str(port)})
+        base.update(env)
+        self.popen = subprocess.Popen([sys.executable, "-m", "prost.cli", *args], env=base, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+    async def ready(self, path: str = "/ready", timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.popen.poll() is not None:
+                    raise RuntimeError(f"process exited with {self.popen.returncode}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(self.url + path)).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.url} not ready")
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+def wrk(url: str, *, seconds: int = 10, connections: int = 32, threads: int = 1, headers: dict[str, str] | None = None) -> dict[str, float]:
+    """Requests/s and latency percentiles from wrk (Debian's `wrk`)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("this benchmark needs wrk: apt-get install -y wrk")
+    script = Path(__file__).with_name("_latency.lua")
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    for k, v in (headers or {}).items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    stats = {"rps": rps, "non_2xx": float(non2xx.group(1)) if non2xx else 0.0}
+    for line in out.splitlines():
+        if line.startswith("JSON "):
+            p50, p99 = line.split()[1:3]
+            stats |= {"p50_ms": float(p50) / 1000, "p99_ms": float(p99) / 1000}
+    return stats
