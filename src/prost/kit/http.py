@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -97,7 +98,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge()
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -113,8 +114,14 @@ class BodyLimitMiddleware:
                 await _send_error(send, errors.PayloadTooLarge())
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive` once the streamed body passes the cap.
+
+    An HTTPException because FastAPI turns any other exception raised while it reads
+    the body into a 400; this one it lets through to the error handlers (413)."""
+
+    def __init__(self) -> None:
+        super().__init__(413, errors.PayloadTooLarge.default_message)
 
 
 async def _send_error(send: Send, exc: errors.DomainError) -> None:
