@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from prost.kit.settings import SERVICES, Settings
 
@@ -26,6 +27,8 @@ PEERS_NEEDED = {"gateway": SERVICES, "cart": ("catalog",), "orders": ("catalog",
 REPLICAS = {"orders": 2, "catalog": 2}
 SECRET_SETTINGS = ("PROST_DATABASE_URL", "PROST_BROKER_URL", "PROST_JWT_SECRET")
 SETTING_NAMES = {f"PROST_{name.upper()}" for name in Settings.model_fields}
+# uvicorn's: whose X-Forwarded-For to believe (the services: the gateway's)
+FORWARDED = "FORWARDED_ALLOW_IPS"
 
 
 def _load_all(path: Path) -> list[dict[str, Any]]:
@@ -125,7 +128,7 @@ def test_compose_runs_each_part_from_the_one_image_with_its_command(compose: dic
 def test_compose_gives_each_part_the_database_broker_secret_and_its_peers(compose: dict[str, Any], part: str) -> None:
     services = compose["services"]
     env: dict[str, str] = services[part]["environment"]
-    unknown = set(env) - SETTING_NAMES
+    unknown = set(env) - SETTING_NAMES - {FORWARDED}
     assert not unknown, f"not a prost setting: {unknown}"
     assert env["PROST_DATABASE_URL"].startswith("postgresql://")
     assert "@postgres:5432/" in env["PROST_DATABASE_URL"]
@@ -142,6 +145,40 @@ def test_compose_gives_each_part_the_database_broker_secret_and_its_peers(compos
         url = env[f"PROST_{peer.upper()}_URL"]
         assert url == f"http://{peer}:{port}", f"{part} reaches {peer} at {url}"
         assert services[peer]["command"] == ["serve", peer]
+
+
+async def _address_seen(trusted: str, *, peer: str, forwarded_for: str) -> str:
+    """The client address an app behind uvicorn's proxy-header handling sees."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["client"][0])
+
+    middleware = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+    scope = {"type": "http", "client": (peer, 40000), "headers": [(b"x-forwarded-for", forwarded_for.encode())]}
+    await middleware(scope, None, None)  # type: ignore[arg-type]
+    return seen[0]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_compose_services_see_the_client_address_the_gateway_forwards_and_no_forged_one(
+    compose: dict[str, Any], service: str
+) -> None:
+    # The users service limits failed logins per client address: behind the gateway
+    # it must see the client's address, not the gateway's, and not one the client made
+    # up (the gateway appends the address it saw to whatever the client sent).
+    trusted = compose["services"][service]["environment"][FORWARDED]
+    gateway_container = "172.18.0.7"
+    assert await _address_seen(trusted, peer=gateway_container, forwarded_for="203.0.113.9") == "203.0.113.9"
+    forged = "198.51.100.1, 10.1.2.3, 203.0.113.9"
+    assert await _address_seen(trusted, peer=gateway_container, forwarded_for=forged) == "203.0.113.9"
+    # A caller outside the private networks is not believed at all.
+    assert await _address_seen(trusted, peer="203.0.113.50", forwarded_for="198.51.100.1") == "203.0.113.50"
+
+
+def test_compose_gateway_believes_no_forwarded_address(compose: dict[str, Any]) -> None:
+    # Clients reach it directly through the published port.
+    assert FORWARDED not in compose["services"]["gateway"]["environment"]
 
 
 def test_compose_publishes_only_the_gateway_on_port_8000(compose: dict[str, Any]) -> None:
@@ -248,7 +285,7 @@ def test_the_secret_template_holds_placeholders_only() -> None:
 
 
 @pytest.mark.parametrize("part", PARTS)
-def test_each_part_has_a_deployment_with_command_secret_env_probes_and_resources(
+async def test_each_part_has_a_deployment_with_command_secret_env_probes_and_resources(
     manifests: list[dict[str, Any]], part: str
 ) -> None:
     deployment = _of_kind(manifests, "Deployment")[part]
@@ -270,6 +307,8 @@ def test_each_part_has_a_deployment_with_command_secret_env_probes_and_resources
         assert ref["key"] in secret["stringData"]
         assert not ref.get("optional", False)
     assert {"configMapRef": {"name": "prost-config"}} in container["envFrom"]
+    forwarded = env[FORWARDED]["value"]
+    assert await _address_seen(forwarded, peer="10.244.1.7", forwarded_for="198.51.100.1, 203.0.113.9") == "203.0.113.9"
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     config = _of_kind(manifests, "ConfigMap")["prost-config"]["data"]
@@ -321,6 +360,15 @@ def test_the_migration_job_runs_prost_migrate_with_the_database_from_the_secret(
     assert images == {container["image"]}
     ref = _env(container)["PROST_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "prost-secrets", "key": "PROST_DATABASE_URL"}
+
+
+def test_only_prost_pods_reach_the_services_that_believe_forwarded_addresses(manifests: list[dict[str, Any]]) -> None:
+    policies = _of_kind(manifests, "NetworkPolicy")
+    guarded = policies["services-from-prost-only"]["spec"]
+    (selector,) = guarded["podSelector"]["matchExpressions"]
+    assert set(selector["values"]) == set(SERVICES)
+    (rule,) = guarded["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "prost"}}}]
 
 
 def test_replicated_parts_keep_one_pod_through_disruptions(manifests: list[dict[str, Any]]) -> None:
