@@ -19,12 +19,12 @@ in the same transaction as the effect. The unique key decides:
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import cache
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit.bus.base import Handler
@@ -32,6 +32,7 @@ from prost.kit.db import Session, schema_metadata
 from prost.kit.messages import Envelope
 
 Effect = Callable[[Session], Awaitable[None]]
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 @cache
@@ -40,19 +41,25 @@ def idempotency_of(schema: str) -> sa.Table:
     return schema_metadata(schema).tables[f"{schema}.idempotency_records"]
 
 
+@cache
+def _record_statement(schema: str) -> sa.TextClause:
+    # Built once per schema as plain text: this runs for every consumed message.
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"not a service schema name: {schema!r}")
+    return sa.text(
+        f'INSERT INTO "{schema}".idempotency_records (kind, event_id, service_name, completed_at) '
+        "VALUES ('event', :event_id, :service_name, now()) "
+        "ON CONFLICT (event_id, service_name) DO NOTHING RETURNING id"
+    )
+
+
 async def record(session: Session, service_name: str, event_id: uuid.UUID, *, schema: str | None = None) -> bool:
     """Record that `service_name` processes `event_id`, in the caller's transaction.
 
     Returns False when it was already recorded (do nothing then). The record lives in
     `schema` (default: the service's own schema, named like the service)."""
-    t = idempotency_of(schema or service_name)
-    stmt = (
-        pg.insert(t)
-        .values(kind="event", event_id=event_id, service_name=service_name, completed_at=sa.func.now())
-        .on_conflict_do_nothing(index_elements=[t.c.event_id, t.c.service_name])
-        .returning(t.c.id)
-    )
-    return (await session.execute(stmt)).first() is not None
+    stmt = _record_statement(schema or service_name)
+    return (await session.execute(stmt, {"event_id": event_id, "service_name": service_name})).first() is not None
 
 
 async def seen(session: Session, service_name: str, event_id: uuid.UUID, *, schema: str | None = None) -> bool:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -67,34 +68,48 @@ def outbox_of(schema: str) -> sa.Table:
     return schema_metadata(schema).tables[f"{schema}.outbox"]
 
 
-def _insert_and_notify(schema: str, rows: list[dict[str, Any]]) -> sa.Select[Any]:
-    # One round trip: a data-modifying CTE runs whether or not it is read, and the
-    # NOTIFY is queued in the same transaction, so it fires only if this commits.
-    ins = sa.insert(outbox_of(schema)).values(rows).returning(outbox_of(schema).c.seq).cte(f"ins_{schema}")
-    return sa.select(sa.func.pg_notify(CHANNEL, schema)).select_from(ins).limit(1)
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def _row(envelope: Envelope) -> dict[str, Any]:
-    return {
-        "event_id": envelope.event_id,
-        "event_type": envelope.event_type,
-        "envelope": envelope.model_dump(mode="json"),
-    }
+@cache
+def _statements(schema: str) -> tuple[sa.TextClause, sa.TextClause, sa.TextClause]:
+    """(insert + notify in one statement, insert alone, notify alone) for one schema.
+
+    Plain text statements, built once per schema: the hot path pays no SQL compilation,
+    and the envelope goes in as JSON text made by orjson, cast to jsonb by the server."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"not a service schema name: {schema!r}")
+    insert = (
+        f'INSERT INTO "{schema}".outbox (event_id, event_type, envelope) '
+        "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))"
+    )
+    # A data-modifying CTE runs whether or not it is read; selecting from it makes one
+    # round trip do both. The NOTIFY is queued in this transaction: it fires only at commit.
+    both = sa.text(f"WITH ins AS ({insert} RETURNING seq) SELECT pg_notify('{CHANNEL}', :schema) FROM ins LIMIT 1")
+    notify = sa.text(f"SELECT pg_notify('{CHANNEL}', :schema)")
+    return both, sa.text(insert), notify
+
+
+def _params(envelope: Envelope) -> dict[str, Any]:
+    return {"event_id": envelope.event_id, "event_type": envelope.event_type, "envelope": envelope.to_json().decode()}
 
 
 async def add_to_outbox(session: Session, envelope: Envelope) -> None:
     """Queue `envelope` for publishing in `<envelope.producer>.outbox`, in the caller's
     transaction: it is published if and only if that transaction commits."""
-    await session.execute(_insert_and_notify(envelope.producer, [_row(envelope)]))
+    both, _, _ = _statements(envelope.producer)
+    await session.execute(both, {**_params(envelope), "schema": envelope.producer})
 
 
 async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> None:
-    """`add_to_outbox` for several envelopes, one statement per producer schema."""
+    """`add_to_outbox` for several envelopes (one executemany per producer schema)."""
     by_schema: dict[str, list[dict[str, Any]]] = {}
     for envelope in envelopes:
-        by_schema.setdefault(envelope.producer, []).append(_row(envelope))
+        by_schema.setdefault(envelope.producer, []).append(_params(envelope))
     for schema, rows in by_schema.items():
-        await session.execute(_insert_and_notify(schema, rows))
+        _, insert, notify = _statements(schema)
+        await session.execute(insert, rows)
+        await session.execute(notify, {"schema": schema})
 
 
 def listen_dsn(engine: AsyncEngine) -> str:
