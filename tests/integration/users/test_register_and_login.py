@@ -12,9 +12,9 @@ import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
-from helpers import bearer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from helpers import bearer
 from prost.users import passwords
 
 USER_FIELDS = {"id", "email", "username", "role", "created_at", "updated_at"}
@@ -28,9 +28,7 @@ def new_identity() -> dict[str, str]:
 async def outbox_rows(engine: AsyncEngine, event_type: str, user_id: str) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
         rows = await conn.execute(
-            sa.text(
-                "SELECT envelope FROM users.outbox WHERE event_type = :t AND envelope->'payload'->>'user_id' = :u"
-            ),
+            sa.text("SELECT envelope FROM users.outbox WHERE event_type = :t AND envelope->'payload'->>'user_id' = :u"),
             {"t": event_type, "u": user_id},
         )
         return [r.envelope for r in rows]
@@ -51,7 +49,9 @@ async def test_registering_returns_201_and_the_user_without_any_hash(client: htt
     assert "$2b$" not in r.text
 
 
-async def test_registration_writes_user_registered_to_the_outbox(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+async def test_registration_writes_user_registered_to_the_outbox(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
     r = await client.post("/api/v1/users/register", json=new_identity())
     user = r.json()
     rows = await outbox_rows(engine, "user.registered", user["id"])
@@ -95,7 +95,9 @@ async def test_a_taken_email_or_username_is_409_whatever_its_case(client: httpx.
     assert field in r.json()["message"]
 
 
-async def test_two_identical_registrations_at_once_make_one_user(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+async def test_two_identical_registrations_at_once_make_one_user(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
     ident = new_identity()
     racers = [ident, {**ident, "email": ident["email"].upper().replace("@PROST.TEST", "@prost.test")}] * 3
     results = await asyncio.gather(*(client.post("/api/v1/users/register", json=body) for body in racers))
@@ -182,11 +184,16 @@ async def test_an_unknown_email_and_a_wrong_password_get_the_same_401(client: ht
     unknown = await client.post("/api/v1/users/login", json={"email": "nobody-" + ident["email"], "password": "x" * 10})
     malformed = await client.post("/api/v1/users/login", json={"email": "not an email", "password": "x" * 10})
     assert wrong.status_code == unknown.status_code == malformed.status_code == 401
-    assert wrong.json() == unknown.json() == malformed.json() == {
-        "error": "unauthorized",
-        "message": "invalid email or password",
-        "code": 401,
-    }
+    assert (
+        wrong.json()
+        == unknown.json()
+        == malformed.json()
+        == {
+            "error": "unauthorized",
+            "message": "invalid email or password",
+            "code": 401,
+        }
+    )
 
 
 async def test_an_unknown_email_costs_one_bcrypt_check_like_a_wrong_password(
@@ -210,7 +217,9 @@ async def test_an_unknown_email_costs_one_bcrypt_check_like_a_wrong_password(
     assert checked[0] != checked[1]
 
 
-@pytest.mark.parametrize("body", [{}, {"email": "a@prost.test"}, {"password": "password-1"}, {"email": "", "password": ""}])
+@pytest.mark.parametrize(
+    "body", [{}, {"email": "a@prost.test"}, {"password": "password-1"}, {"email": "", "password": ""}]
+)
 async def test_a_login_without_credentials_is_422(client: httpx.AsyncClient, body: dict[str, str]) -> None:
     r = await client.post("/api/v1/users/login", json=body)
     assert r.status_code == 422
