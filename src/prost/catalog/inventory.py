@@ -1,0 +1,656 @@
+"""Stock and reservations: every change that can promise or take units.
+
+The model (DESIGN.md section 6, tables.py):
+- `products.stock` units on hand; `products.reserved` = sum of the product's `active`
+  reservations, changed in the same transaction as those rows; CHECK
+  `0 <= reserved <= stock` is the database's last word against overselling.
+- A reservation is a cart's hold (`cart_hold`, owner = cart) or an order's
+  (`order`, owner = order). `active` → `committed` (sold), `released` (given back:
+  cancelled, removed, converted into an order's) or `expired`.
+- An active reservation past `expires_at` no longer counts as promised: reads
+  subtract it (`repository.available_column`), and a writer that finds too few free
+  units first expires the product's due reservations (`expire_due`) under the same
+  lock, announcing them, before it decides. The sweeper does the same in the
+  background for everything due (`sweep_expired`).
+
+Concurrency. Rows are locked in one global order: the order's `order_stock` row,
+then `products` rows by id (`lock_products`), then reservation rows; every change of
+a reservation's status or quantity happens while its product is locked. So two
+writers on one product queue on its row, two orders over the same products cannot
+deadlock, and a commit and an expiry of the same reservation cannot both happen
+(the second finds it no longer `active`). Two sweepers skip each other's products
+(`FOR UPDATE SKIP LOCKED`).
+
+Saga outcomes are returned to `handlers.py`, which announces them; expiries are
+announced here (`stock.released`, reason `expired`) because several paths expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from prost.catalog import domain
+from prost.catalog.domain import ShortLine, StockState
+from prost.catalog.tables import inventory_reservations, order_stock, products
+from prost.contracts.catalog import StockLine, StockReleased
+from prost.kit import outbox
+from prost.kit.db import Session
+from prost.kit.messages import Envelope
+
+log = logging.getLogger("prost.catalog.inventory")
+
+PRODUCER = "catalog"
+_P = products
+_R = inventory_reservations
+_O = order_stock
+
+OrderState = Literal["reserved", "failed", "committed", "cancelled"]
+
+
+def _seconds(ttl_seconds: float) -> sa.ColumnElement[Any]:
+    return sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.literal(float(ttl_seconds), sa.Float))
+
+
+# -- locks and counters ------------------------------------------------------------
+
+
+async def lock_products(session: Session, product_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, StockState]:
+    """Lock the products' rows in id order (the global order) and read their counters.
+    Unknown ids are simply absent."""
+    ids = sorted(set(product_ids))
+    if not ids:
+        return {}
+    rows = (
+        await session.execute(
+            sa.select(_P.c.id, _P.c.stock, _P.c.reserved, _P.c.active)
+            .where(_P.c.id.in_(ids))
+            .order_by(_P.c.id)
+            .with_for_update()
+        )
+    ).all()
+    return {r.id: StockState(r.id, r.stock, r.reserved, r.active) for r in rows}
+
+
+async def _add_reserved(session: Session, deltas: Mapping[uuid.UUID, int]) -> None:
+    """`reserved += delta` per product (the rows are already locked)."""
+    changes = [(pid, d) for pid, d in sorted(deltas.items()) if d]
+    if not changes:
+        return
+    if len(changes) == 1:
+        pid, delta = changes[0]
+        await session.execute(sa.update(_P).where(_P.c.id == pid).values(reserved=_P.c.reserved + delta))
+        return
+    d = sa.values(sa.column("id", pg.UUID(as_uuid=True)), sa.column("delta", sa.Integer), name="d").data(changes)
+    await session.execute(sa.update(_P).where(_P.c.id == d.c.id).values(reserved=_P.c.reserved + d.c.delta))
+
+
+def _by_product(rows: Iterable[Any]) -> dict[uuid.UUID, int]:
+    sums: dict[uuid.UUID, int] = {}
+    for r in rows:
+        sums[r.product_id] = sums.get(r.product_id, 0) + r.quantity
+    return sums
+
+
+# -- expiry ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A reservation that stopped being active."""
+
+    kind: str
+    owner_id: uuid.UUID
+    product_id: uuid.UUID
+    quantity: int
+
+
+def released_events(ended: Sequence[Ended], *, reason: str, caused_by: Envelope | None = None) -> list[Envelope]:
+    """One `stock.released` per (kind, owner), lines in product order."""
+    groups: dict[tuple[str, uuid.UUID], list[Ended]] = {}
+    for e in ended:
+        groups.setdefault((e.kind, e.owner_id), []).append(e)
+    envelopes = []
+    for (kind, owner_id), items in groups.items():
+        order_id = owner_id if kind == "order" else None
+        lines = [
+            StockLine(product_id=e.product_id, quantity=e.quantity) for e in sorted(items, key=lambda e: e.product_id)
+        ]
+        envelopes.append(
+            Envelope.wrap(
+                StockReleased(kind=kind, owner_id=owner_id, order_id=order_id, reason=reason, lines=lines),
+                producer=PRODUCER,
+                correlation_id=order_id,
+                caused_by=caused_by,
+            )
+        )
+    return envelopes
+
+
+async def expire_due(session: Session, product_ids: Sequence[uuid.UUID]) -> list[Ended]:
+    """Expire the due reservations of these products, whose rows the caller has
+    locked: mark them `expired`, give their units back, announce `stock.released`."""
+    if not product_ids:
+        return []
+    rows = (
+        await session.execute(
+            sa.update(_R)
+            .where(
+                _R.c.product_id.in_(list(product_ids)),
+                _R.c.status == "active",
+                _R.c.expires_at <= sa.func.now(),
+            )
+            .values(status="expired", end_reason="expired", updated_at=sa.func.now())
+            .returning(_R.c.kind, _R.c.owner_id, _R.c.product_id, _R.c.quantity)
+        )
+    ).all()
+    if not rows:
+        return []
+    await _add_reserved(session, {pid: -q for pid, q in _by_product(rows).items()})
+    ended = [Ended(r.kind, r.owner_id, r.product_id, r.quantity) for r in rows]
+    await outbox.add_all_to_outbox(session, released_events(ended, reason="expired"))
+    return ended
+
+
+async def sweep_expired(session: Session, *, max_products: int = 200) -> int:
+    """One sweep: lock up to `max_products` products that have due reservations,
+    skipping those another transaction holds (another sweeper, or a writer that will
+    expire them itself), and expire their due reservations. Returns how many ended."""
+    due = sa.select(_R.c.product_id).where(_R.c.status == "active", _R.c.expires_at <= sa.func.now())
+    locked = (
+        await session.scalars(
+            sa.select(_P.c.id)
+            .where(_P.c.id.in_(due))
+            .order_by(_P.c.id)
+            .limit(max_products)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    return len(await expire_due(session, list(locked)))
+
+
+async def _free_after_expiry(
+    session: Session, states: dict[uuid.UUID, StockState], wanted: Mapping[uuid.UUID, int]
+) -> dict[uuid.UUID, StockState]:
+    """When a product has fewer free units than `wanted`, expire its due reservations
+    and read its counters again (the rows stay locked)."""
+    short = [pid for pid, n in wanted.items() if pid in states and n > states[pid].free]
+    if short and await expire_due(session, short):
+        states = {**states, **await lock_products(session, short)}
+    return states
+
+
+# -- holds (the cart's internal API) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    product_id: uuid.UUID
+    quantity: int
+    status: str
+    expires_at: datetime | None
+
+
+async def set_hold(
+    session: Session, *, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int, ttl_seconds: float
+) -> Hold:
+    """Make the cart's hold on the product exactly `quantity` units (0 removes it),
+    valid for `ttl_seconds` from now. All or nothing: `OutOfStock` changes nothing."""
+    states = await lock_products(session, [product_id])
+    state = states.get(product_id)
+    if state is None or not state.active:
+        raise domain.ProductNotFound()
+    current = (
+        await session.execute(
+            sa.select(_R.c.id, _R.c.quantity, (_R.c.expires_at > sa.func.now()).label("live")).where(
+                _R.c.kind == "cart_hold",
+                _R.c.owner_id == cart_id,
+                _R.c.product_id == product_id,
+                _R.c.status == "active",
+            )
+        )
+    ).first()
+    held = current.quantity if current is not None and current.live else 0
+    if current is not None and not current.live:
+        # The cart's own hold ran out and it is placing a new one: end the old one
+        # quietly (the cart is the one asking; no `stock.released` for it).
+        await session.execute(
+            sa.update(_R)
+            .where(_R.c.id == current.id)
+            .values(status="expired", end_reason="expired", updated_at=sa.func.now())
+        )
+        await _add_reserved(session, {product_id: -current.quantity})
+        states = await lock_products(session, [product_id])
+        current = None
+    if quantity == 0:
+        if current is not None:
+            await _end_hold(session, current.id, product_id, current.quantity, reason="released")
+        return Hold(product_id, 0, "released", None)
+    extra = quantity - held
+    states = await _free_after_expiry(session, states, {product_id: extra})
+    state = states[product_id]
+    if extra > state.free:
+        raise domain.OutOfStock(f"only {max(0, state.free + held)} available")
+    await _add_reserved(session, {product_id: extra})
+    expires = _seconds(ttl_seconds)
+    if current is not None:
+        row = (
+            await session.execute(
+                sa.update(_R)
+                .where(_R.c.id == current.id)
+                .values(quantity=quantity, expires_at=expires, updated_at=sa.func.now())
+                .returning(_R.c.expires_at)
+            )
+        ).one()
+    else:
+        row = (
+            await session.execute(
+                sa.insert(_R)
+                .values(
+                    id=uuid.uuid4(),
+                    kind="cart_hold",
+                    owner_id=cart_id,
+                    product_id=product_id,
+                    quantity=quantity,
+                    expires_at=expires,
+                )
+                .returning(_R.c.expires_at)
+            )
+        ).one()
+    return Hold(product_id, quantity, "active", row.expires_at)
+
+
+async def _end_hold(session: Session, hold_id: uuid.UUID, product_id: uuid.UUID, quantity: int, *, reason: str) -> None:
+    await session.execute(
+        sa.update(_R).where(_R.c.id == hold_id).values(status="released", end_reason=reason, updated_at=sa.func.now())
+    )
+    await _add_reserved(session, {product_id: -quantity})
+
+
+async def release_hold(session: Session, *, cart_id: uuid.UUID, product_id: uuid.UUID) -> bool:
+    """Give back the cart's hold on the product, if it has one (idempotent)."""
+    if not await lock_products(session, [product_id]):
+        return False
+    current = (
+        await session.execute(
+            sa.select(_R.c.id, _R.c.quantity).where(
+                _R.c.kind == "cart_hold",
+                _R.c.owner_id == cart_id,
+                _R.c.product_id == product_id,
+                _R.c.status == "active",
+            )
+        )
+    ).first()
+    if current is None:
+        return False
+    await _end_hold(session, current.id, product_id, current.quantity, reason="released")
+    return True
+
+
+async def _owner_products(session: Session, *, kind: str, owner_id: uuid.UUID) -> list[uuid.UUID]:
+    """Products of the owner's active reservations (read without locks, to lock them)."""
+    return list(
+        (
+            await session.scalars(
+                sa.select(_R.c.product_id).where(_R.c.kind == kind, _R.c.owner_id == owner_id, _R.c.status == "active")
+            )
+        ).all()
+    )
+
+
+async def _extend(session: Session, *, kind: str, owner_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
+    await lock_products(session, await _owner_products(session, kind=kind, owner_id=owner_id))
+    rows = (
+        await session.execute(
+            sa.update(_R)
+            .where(
+                _R.c.kind == kind,
+                _R.c.owner_id == owner_id,
+                _R.c.status == "active",
+                # An expired reservation is over, even before the sweeper marks it.
+                _R.c.expires_at > sa.func.now(),
+            )
+            .values(expires_at=_seconds(ttl_seconds), updated_at=sa.func.now())
+            .returning(_R.c.product_id, _R.c.quantity, _R.c.expires_at)
+        )
+    ).all()
+    return sorted((Hold(r.product_id, r.quantity, "active", r.expires_at) for r in rows), key=lambda h: h.product_id)
+
+
+async def extend_holds(session: Session, *, cart_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
+    """Push the cart's live holds to now + ttl; returns them (expired ones are not revived)."""
+    return await _extend(session, kind="cart_hold", owner_id=cart_id, ttl_seconds=ttl_seconds)
+
+
+async def list_holds(session: Session, *, cart_id: uuid.UUID) -> list[Hold]:
+    """The cart's latest hold per product: `active`, `expired` (also when due but not
+    yet swept), `released` (removed, or converted into an order) or `committed`."""
+    live_first = sa.case((_R.c.status == "active", 0), else_=1)
+    status = sa.case(
+        ((_R.c.status == "active") & (_R.c.expires_at <= sa.func.now()), sa.literal("expired")),
+        else_=_R.c.status,
+    )
+    rows = (
+        await session.execute(
+            sa.select(_R.c.product_id, _R.c.quantity, status.label("status"), _R.c.expires_at)
+            .where(_R.c.kind == "cart_hold", _R.c.owner_id == cart_id)
+            .order_by(_R.c.product_id, live_first, _R.c.updated_at.desc())
+            .distinct(_R.c.product_id)
+        )
+    ).all()
+    return [Hold(r.product_id, r.quantity, r.status, r.expires_at) for r in rows]
+
+
+# -- admin stock -------------------------------------------------------------------
+
+
+async def set_stock(session: Session, *, product_id: uuid.UUID, stock: int) -> None:
+    """Set the units on hand; refused (`StockBelowReserved`) below the units that are
+    promised by live reservations."""
+    states = await lock_products(session, [product_id])
+    if product_id not in states:
+        raise domain.ProductNotFound()
+    if stock < states[product_id].reserved:
+        await expire_due(session, [product_id])
+        states = await lock_products(session, [product_id])
+    reserved = states[product_id].reserved
+    if stock < reserved:
+        raise domain.StockBelowReserved(f"stock cannot be set below the {reserved} units currently reserved")
+    await session.execute(sa.update(_P).where(_P.c.id == product_id).values(stock=stock, updated_at=sa.func.now()))
+
+
+# -- orders (the saga's part) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderClaim:
+    created: bool
+    state: OrderState
+    shortages: list[dict[str, Any]] | None = None
+
+
+async def _claim_order(
+    session: Session, order_id: uuid.UUID, *, state: OrderState, cart_id: uuid.UUID | None = None
+) -> OrderClaim:
+    """Create the order's `order_stock` row in `state`, or lock the existing one.
+
+    The row is the first lock every saga step takes: steps about one order run one
+    after the other, and whichever arrives first decides (a cancellation that comes
+    before the order leaves `cancelled`, and the late order reserves nothing)."""
+    inserted = await session.scalar(
+        pg.insert(_O)
+        .values(order_id=order_id, state=state, cart_id=cart_id)
+        .on_conflict_do_nothing(index_elements=[_O.c.order_id])
+        .returning(_O.c.order_id)
+    )
+    if inserted is not None:
+        return OrderClaim(True, state)
+    row = (
+        await session.execute(sa.select(_O.c.state, _O.c.shortages).where(_O.c.order_id == order_id).with_for_update())
+    ).one()
+    return OrderClaim(False, row.state, row.shortages)
+
+
+async def _set_order_state(session: Session, order_id: uuid.UUID, state: OrderState, **values: Any) -> None:
+    await session.execute(
+        sa.update(_O).where(_O.c.order_id == order_id).values(state=state, updated_at=sa.func.now(), **values)
+    )
+
+
+async def _order_rows(session: Session, order_id: uuid.UUID) -> list[Any]:
+    return list(
+        (
+            await session.execute(
+                sa.select(_R.c.id, _R.c.product_id, _R.c.quantity, _R.c.expires_at)
+                .where(_R.c.kind == "order", _R.c.owner_id == order_id, _R.c.status == "active")
+                .order_by(_R.c.product_id)
+            )
+        ).all()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What `reserve_for_order` decided. `lines` and `expires_at` when reserved,
+    `shortages` when not; `repeated` when the order had already been handled."""
+
+    outcome: Literal["reserved", "failed", "ignored"]
+    lines: list[StockLine] = field(default_factory=list)
+    expires_at: datetime | None = None
+    shortages: list[ShortLine] = field(default_factory=list)
+    repeated: bool = False
+
+
+async def reserve_for_order(
+    session: Session,
+    *,
+    order_id: uuid.UUID,
+    lines: Iterable[tuple[uuid.UUID, int]],
+    cart_id: uuid.UUID | None,
+    ttl_seconds: float,
+) -> Reservation:
+    """Reserve every line of the order or none.
+
+    With `cart_id`, the cart's live holds on the order's products become the order's
+    reservation in this transaction (a hold larger than its line gives back the rest);
+    what the holds do not cover comes from free stock. If any line is short, nothing
+    changes for the order or the cart's holds (due reservations expired on the way
+    stay expired: that is true whatever the outcome)."""
+    claim = await _claim_order(session, order_id, state="reserved", cart_id=cart_id)
+    if not claim.created:
+        return await _repeat_reservation(session, order_id, claim)
+    wanted = domain.merge_lines(lines)
+    if not wanted:
+        return Reservation("reserved")
+    states = await lock_products(session, wanted)
+    held: dict[uuid.UUID, int] = {}
+    hold_rows: list[Any] = []
+    if cart_id is not None:
+        hold_rows = list(
+            (
+                await session.execute(
+                    sa.select(_R.c.id, _R.c.product_id, _R.c.quantity).where(
+                        _R.c.kind == "cart_hold",
+                        _R.c.owner_id == cart_id,
+                        _R.c.status == "active",
+                        _R.c.expires_at > sa.func.now(),
+                        _R.c.product_id.in_(list(wanted)),
+                    )
+                )
+            ).all()
+        )
+        held = {r.product_id: r.quantity for r in hold_rows}
+    plans, short = domain.plan_reservation(wanted, states, held)
+    if short:
+        states = await _free_after_expiry(
+            session, states, {s.product_id: wanted[s.product_id] - held.get(s.product_id, 0) for s in short}
+        )
+        plans, short = domain.plan_reservation(wanted, states, held)
+    if short:
+        shortages = [
+            {"product_id": str(s.product_id), "requested": s.requested, "available": s.available} for s in short
+        ]
+        await _set_order_state(session, order_id, "failed", shortages=shortages)
+        return Reservation("failed", shortages=short)
+
+    await _add_reserved(session, {p.product_id: p.extra for p in plans})
+    if hold_rows:
+        await session.execute(
+            sa.update(_R)
+            .where(_R.c.id.in_([r.id for r in hold_rows]))
+            .values(status="released", end_reason="converted", updated_at=sa.func.now())
+        )
+    expires_at = (
+        (
+            await session.execute(
+                sa.insert(_R)
+                .values(
+                    [
+                        {
+                            "id": uuid.uuid4(),
+                            "kind": "order",
+                            "owner_id": order_id,
+                            "product_id": p.product_id,
+                            "quantity": p.quantity,
+                            "expires_at": _seconds(ttl_seconds),
+                        }
+                        for p in plans
+                    ]
+                )
+                .returning(_R.c.expires_at)
+            )
+        )
+        .scalars()
+        .first()
+    )
+    return Reservation(
+        "reserved",
+        lines=[StockLine(product_id=p.product_id, quantity=p.quantity) for p in plans],
+        expires_at=expires_at,
+    )
+
+
+async def _repeat_reservation(session: Session, order_id: uuid.UUID, claim: OrderClaim) -> Reservation:
+    """`order.placed` again for an order already handled: answer as the first time
+    when that answer still holds, else nothing (it was committed, cancelled, or its
+    reservation has run out: the orders service moves on without us)."""
+    if claim.state == "failed":
+        shortages = [
+            ShortLine(uuid.UUID(s["product_id"]), s["requested"], s["available"]) for s in claim.shortages or []
+        ]
+        return Reservation("failed", shortages=shortages, repeated=True)
+    if claim.state == "reserved":
+        rows = (
+            await session.execute(
+                sa.select(
+                    _R.c.product_id, _R.c.quantity, _R.c.expires_at, (_R.c.expires_at > sa.func.now()).label("live")
+                )
+                .where(_R.c.kind == "order", _R.c.owner_id == order_id, _R.c.status == "active")
+                .order_by(_R.c.product_id)
+            )
+        ).all()
+        if rows and all(r.live for r in rows):
+            return Reservation(
+                "reserved",
+                lines=[StockLine(product_id=r.product_id, quantity=r.quantity) for r in rows],
+                expires_at=min(r.expires_at for r in rows),
+                repeated=True,
+            )
+    return Reservation("ignored", repeated=True)
+
+
+async def extend_order(session: Session, *, order_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
+    """While payment runs: push the order's live reservation to now + ttl. Nothing
+    for an order that is not (or no longer) reserved, or whose reservation ran out."""
+    row = (await session.execute(sa.select(_O.c.state).where(_O.c.order_id == order_id).with_for_update())).first()
+    if row is None or row.state != "reserved":
+        return []
+    return await _extend(session, kind="order", owner_id=order_id, ttl_seconds=ttl_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    outcome: Literal["committed", "ignored"]
+    lines: list[StockLine] = field(default_factory=list)
+    missing: list[ShortLine] = field(default_factory=list)
+    """Lines whose reservation had ended and whose units free stock could not give."""
+
+
+async def commit_order(session: Session, *, order_id: uuid.UUID, lines: Iterable[tuple[uuid.UUID, int]]) -> Commit:
+    """The order is confirmed: its reserved units leave the shelf (stock and reserved
+    go down together). A line whose reservation already ended (expired or released)
+    is taken from free stock if there is enough; if not, it is reported in `missing`
+    and nothing is taken for it. Once committed or cancelled, nothing changes."""
+    wanted = domain.merge_lines(lines)
+    claim = await _claim_order(session, order_id, state="committed")
+    if not claim.created and claim.state in ("committed", "cancelled"):
+        if claim.state == "cancelled":
+            log.warning("order %s confirmed after its stock was released; nothing committed", order_id)
+        return Commit("ignored")
+    if claim.created or claim.state == "failed":
+        log.warning("order %s confirmed without a reservation here; taking its units from free stock", order_id)
+    ids = set(wanted) | set(await _owner_products(session, kind="order", owner_id=order_id))
+    states = await lock_products(session, ids)
+    reserved_rows = await _order_rows(session, order_id)
+    from_reservation = {r.product_id: r.quantity for r in reserved_rows}
+    from_free = {pid: q for pid, q in wanted.items() if pid not in from_reservation}
+    states = await _free_after_expiry(session, states, from_free)
+    missing = [
+        ShortLine(pid, q, max(0, states[pid].free) if pid in states else 0)
+        for pid, q in from_free.items()
+        if pid not in states or q > states[pid].free
+    ]
+    taken = {pid: q for pid, q in from_free.items() if pid in states and q <= states[pid].free}
+    if reserved_rows:
+        await session.execute(
+            sa.update(_R)
+            .where(_R.c.id.in_([r.id for r in reserved_rows]))
+            .values(status="committed", end_reason="committed", updated_at=sa.func.now())
+        )
+    sold = {**from_reservation, **taken}
+    if sold:
+        d = sa.values(
+            sa.column("id", pg.UUID(as_uuid=True)),
+            sa.column("sold", sa.Integer),
+            sa.column("unreserved", sa.Integer),
+            name="d",
+        ).data([(pid, q, from_reservation.get(pid, 0)) for pid, q in sorted(sold.items())])
+        await session.execute(
+            sa.update(_P)
+            .where(_P.c.id == d.c.id)
+            .values(stock=_P.c.stock - d.c.sold, reserved=_P.c.reserved - d.c.unreserved, updated_at=sa.func.now())
+        )
+    if not claim.created:
+        await _set_order_state(session, order_id, "committed")
+    if missing:
+        log.error(
+            "order %s confirmed but %d line(s) had lost their reservation and free stock cannot cover them: %s; "
+            "those units were not taken and need a person's attention",
+            order_id,
+            len(missing),
+            ", ".join(f"{m.product_id} wants {m.requested}, {m.available} free" for m in missing),
+        )
+    return Commit(
+        "committed",
+        lines=[StockLine(product_id=pid, quantity=q) for pid, q in sorted(sold.items())],
+        missing=missing,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    outcome: Literal["released", "ignored"]
+    lines: list[StockLine] = field(default_factory=list)
+
+
+async def release_order(session: Session, *, order_id: uuid.UUID) -> Release:
+    """The order ended without a sale: give back its active reservation. Before the
+    order was ever reserved, this leaves a `cancelled` mark so it never will be; after
+    a commit or a first release, nothing changes."""
+    claim = await _claim_order(session, order_id, state="cancelled")
+    if claim.created:
+        return Release("ignored")
+    if claim.state in ("cancelled", "committed"):
+        if claim.state == "committed":
+            log.warning("order %s cancelled after its stock was committed; stock left as sold", order_id)
+        return Release("ignored")
+    await lock_products(session, await _owner_products(session, kind="order", owner_id=order_id))
+    rows = (
+        await session.execute(
+            sa.update(_R)
+            .where(_R.c.kind == "order", _R.c.owner_id == order_id, _R.c.status == "active")
+            .values(status="released", end_reason="cancelled", updated_at=sa.func.now())
+            .returning(_R.c.product_id, _R.c.quantity)
+        )
+    ).all()
+    released = _by_product(rows)
+    await _add_reserved(session, {pid: -q for pid, q in released.items()})
+    await _set_order_state(session, order_id, "cancelled")
+    return Release("released", lines=[StockLine(product_id=pid, quantity=q) for pid, q in sorted(released.items())])

@@ -1,0 +1,4 @@
+from prost.catalog.tables import metadata
+from prost.kit.migrations import run_env
+
+run_env(metadata)

@@ -1,0 +1,304 @@
+"""The catalog's tables and queries (SQLAlchemy Core); nothing else touches them.
+
+- `CategoryRepository`: add, list.
+- `ProductRepository`: add, get, list (search, filters, sort, pages), update,
+  set_stock. Every read computes `available` from the product's counters and the
+  sum of its active reservations already past `expires_at` (a scalar subquery on a
+  partial index), so an expired reservation stops counting at once.
+- `run_in_transaction`: a unit of work retried on deadlock or serialization failure,
+  so such an error never reaches a client.
+
+Stock changes that involve reservations live in `inventory.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from prost.catalog import domain
+from prost.catalog.tables import categories, inventory_reservations, products
+from prost.kit.db import Session
+
+log = logging.getLogger("prost.catalog")
+
+T = TypeVar("T")
+
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL error code behind a SQLAlchemy/asyncpg error, if any."""
+    orig = getattr(exc, "orig", None)
+    for candidate in (orig, getattr(orig, "__cause__", None), exc):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+async def run_in_transaction(engine: AsyncEngine, fn: Callable[[Session], Awaitable[T]], *, attempts: int = 8) -> T:
+    """Run `fn` in its own transaction, again (after a short random pause) when
+    PostgreSQL aborted it for a deadlock or a serialization failure."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with engine.begin() as session:
+                return await fn(session)
+        except sa.exc.DBAPIError as exc:
+            if sqlstate(exc) not in RETRYABLE_SQLSTATES or attempt == attempts:
+                raise
+            log.info("transaction retried after %s (attempt %d)", sqlstate(exc), attempt)
+            await asyncio.sleep(random.uniform(0.001, 0.01) * attempt)
+    raise AssertionError("unreachable")
+
+
+# -- categories --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryRow:
+    id: uuid.UUID
+    name: str
+    slug: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class CategoryRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def add(self, *, name: str, slug: str) -> CategoryRow:
+        c = categories
+        row = (
+            await self.session.execute(
+                pg.insert(c)
+                .values(id=uuid.uuid4(), name=name, slug=slug)
+                .on_conflict_do_nothing(index_elements=[c.c.slug])
+                .returning(*c.c)
+            )
+        ).first()
+        if row is None:
+            raise domain.SlugTaken()
+        return CategoryRow(**row._mapping)
+
+    async def list(self) -> list[CategoryRow]:
+        c = categories
+        rows = (await self.session.execute(sa.select(*c.c).order_by(c.c.name, c.c.id))).all()
+        return [CategoryRow(**r._mapping) for r in rows]
+
+    async def exists(self, category_id: uuid.UUID) -> bool:
+        c = categories
+        return (await self.session.scalar(sa.select(sa.literal(1)).where(c.c.id == category_id))) is not None
+
+
+# -- products ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProductRow:
+    id: uuid.UUID
+    sku: str
+    name: str
+    description: str
+    price: Decimal
+    currency: str
+    category_id: uuid.UUID | None
+    stock: int
+    reserved: int
+    available: int
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProductQuery:
+    q: str | None = None
+    category_id: uuid.UUID | None = None
+    min_price: Decimal | None = None
+    max_price: Decimal | None = None
+    sort: str = "name"
+    page: int = 1
+    page_size: int = domain.PAGE_SIZE_DEFAULT
+
+
+_P = products
+_R = inventory_reservations
+
+
+def expired_reserved(product_id: Any) -> sa.ScalarSelect[Any]:
+    """Units of the product's active reservations already past `expires_at`."""
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(_R.c.quantity), 0))
+        .where(_R.c.product_id == product_id, _R.c.status == "active", _R.c.expires_at <= sa.func.now())
+        .scalar_subquery()
+    )
+
+
+def available_column() -> sa.ColumnElement[int]:
+    return sa.func.greatest(_P.c.stock - _P.c.reserved + expired_reserved(_P.c.id), 0).label("available")
+
+
+PRODUCT_COLUMNS: tuple[Any, ...] = (
+    _P.c.id,
+    _P.c.sku,
+    _P.c.name,
+    _P.c.description,
+    _P.c.price,
+    _P.c.currency,
+    _P.c.category_id,
+    _P.c.stock,
+    _P.c.reserved,
+    _P.c.active,
+    _P.c.created_at,
+    _P.c.updated_at,
+)
+
+
+def select_products() -> sa.Select[Any]:
+    return sa.select(*PRODUCT_COLUMNS, available_column())
+
+
+def product_row(row: Any) -> ProductRow:
+    return ProductRow(**row._mapping)
+
+
+_ORDERINGS: dict[str, tuple[sa.ColumnElement[Any], ...]] = {
+    "name": (_P.c.name.asc(), _P.c.id.asc()),
+    "-name": (_P.c.name.desc(), _P.c.id.desc()),
+    "price": (_P.c.price.asc(), _P.c.id.asc()),
+    "-price": (_P.c.price.desc(), _P.c.id.desc()),
+    "created_at": (_P.c.created_at.asc(), _P.c.id.asc()),
+    "-created_at": (_P.c.created_at.desc(), _P.c.id.desc()),
+}
+
+
+def list_filters(query: ProductQuery) -> list[sa.ColumnElement[bool]]:
+    """The WHERE of a product listing. Only active products are listed, so every
+    listing index is partial on `active`.
+
+    `q` is a case-insensitive substring of the name, description or SKU. The GIN index
+    on `search_grams` finds the candidates (those that have every gram of `q`); `strpos`
+    on each field then keeps the true matches. Both lower-case with the database's
+    `lower()`, so the index and the check agree on letters beyond ASCII."""
+    where: list[sa.ColumnElement[bool]] = [_P.c.active.is_(True)]
+    if query.q is not None:
+        needle = sa.func.lower(sa.literal(query.q, sa.Text))
+        where.append(_P.c.search_grams.contains(sa.func.catalog.search_query_grams(needle)))
+        where.append(
+            sa.or_(
+                sa.func.strpos(sa.func.lower(_P.c.name), needle) > 0,
+                sa.func.strpos(sa.func.lower(_P.c.description), needle) > 0,
+                sa.func.strpos(sa.func.lower(_P.c.sku), needle) > 0,
+            )
+        )
+    if query.category_id is not None:
+        where.append(_P.c.category_id == query.category_id)
+    if query.min_price is not None:
+        where.append(_P.c.price >= query.min_price)
+    if query.max_price is not None:
+        where.append(_P.c.price <= query.max_price)
+    return where
+
+
+def list_page_statement(query: ProductQuery) -> sa.Select[Any]:
+    return (
+        select_products()
+        .where(*list_filters(query))
+        .order_by(*_ORDERINGS[query.sort])
+        .limit(query.page_size)
+        .offset((query.page - 1) * query.page_size)
+    )
+
+
+def list_count_statement(query: ProductQuery) -> sa.Select[Any]:
+    return sa.select(sa.func.count()).select_from(_P).where(*list_filters(query))
+
+
+class ProductRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def add(
+        self,
+        *,
+        sku: str,
+        name: str,
+        description: str,
+        price: Decimal,
+        currency: str,
+        category_id: uuid.UUID | None,
+        stock: int,
+    ) -> ProductRow:
+        if category_id is not None and not await CategoryRepository(self.session).exists(category_id):
+            raise domain.UnknownCategory()
+        inserted = (
+            await self.session.execute(
+                pg.insert(_P)
+                .values(
+                    id=uuid.uuid4(),
+                    sku=sku,
+                    name=name,
+                    description=description,
+                    price=price,
+                    currency=currency,
+                    category_id=category_id,
+                    stock=stock,
+                )
+                .on_conflict_do_nothing()
+                .returning(_P.c.id)
+            )
+        ).scalar()
+        if inserted is None:
+            raise domain.SkuTaken()
+        return await self.get(inserted)
+
+    async def get(self, product_id: uuid.UUID, *, for_update: bool = False) -> ProductRow:
+        found = await self.find(product_id, for_update=for_update)
+        if found is None:
+            raise domain.ProductNotFound()
+        return found
+
+    async def find(self, product_id: uuid.UUID, *, for_update: bool = False) -> ProductRow | None:
+        stmt = select_products().where(_P.c.id == product_id)
+        if for_update:
+            stmt = stmt.with_for_update(of=_P)
+        row = (await self.session.execute(stmt)).first()
+        return product_row(row) if row is not None else None
+
+    async def get_many(self, product_ids: Sequence[uuid.UUID]) -> list[ProductRow]:
+        if not product_ids:
+            return []
+        rows = (await self.session.execute(select_products().where(_P.c.id.in_(list(product_ids))))).all()
+        return [product_row(r) for r in rows]
+
+    async def list(self, query: ProductQuery) -> tuple[list[ProductRow], int]:
+        total = int(await self.session.scalar(list_count_statement(query)) or 0)
+        if total == 0 or (query.page - 1) * query.page_size >= total:
+            return [], total
+        rows = (await self.session.execute(list_page_statement(query))).all()
+        return [product_row(r) for r in rows], total
+
+    async def update(self, product_id: uuid.UUID, changes: dict[str, Any]) -> ProductRow:
+        """Apply field changes (name, description, price, category_id, active)."""
+        category_id = changes.get("category_id")
+        if category_id is not None and not await CategoryRepository(self.session).exists(category_id):
+            raise domain.UnknownCategory()
+        updated = await self.session.scalar(
+            sa.update(_P).where(_P.c.id == product_id).values(**changes, updated_at=sa.func.now()).returning(_P.c.id)
+        )
+        if updated is None:
+            raise domain.ProductNotFound()
+        return await self.get(product_id)
