@@ -14,7 +14,6 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, status
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from prost.cart import operations
@@ -22,6 +21,7 @@ from prost.cart.domain import MAX_QUANTITY, MIN_QUANTITY, CartView
 from prost.kit import idempotency
 from prost.kit.auth import CurrentUser
 from prost.kit.cards import PaymentCardIn
+from prost.kit.errors import JSONBody
 from prost.kit.service import ServiceContext, context_dependency
 
 # Spelled out (not `context_type("cart")`) so that type checkers see a ServiceContext.
@@ -99,6 +99,10 @@ class CheckoutPublic(BaseModel):
     status: str
 
 
+def _replayed(hit: idempotency.StoredResponse) -> JSONBody:
+    return JSONBody(hit.body, status_code=hit.status_code, headers={"Idempotent-Replayed": "true"})
+
+
 router = APIRouter(prefix="/api/v1/cart", tags=["cart"])
 
 
@@ -132,7 +136,7 @@ async def checkout(
     user: CurrentUser,
     body: CheckoutCreate,
     idempotency_key: Annotated[str | None, Header(alias=idempotency.HEADER)] = None,
-) -> ORJSONResponse:
+) -> JSONBody:
     """Start the order for the cart's lines; the cart is read-only until it completes."""
     key = idempotency.parse_key(idempotency_key)
     request = None
@@ -145,6 +149,6 @@ async def checkout(
         )
         async with ctx.engine.connect() as conn:
             if (hit := await STORE.replay(conn, request)) is not None:
-                return hit.response()
+                return _replayed(hit)
     outcome = await operations.checkout(ctx, user.id, body.payment.model_dump(), remember=request, store=STORE)
-    return ORJSONResponse(outcome.body, status_code=outcome.status_code)
+    return JSONBody(outcome.body, status_code=outcome.status_code)
