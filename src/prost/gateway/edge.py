@@ -59,7 +59,7 @@ class RateLimitMiddleware:
 
     def __init__(self, app: ASGIApp, *, per_second: float) -> None:
         self.app = app
-        self.buckets = TokenBuckets(per_second, per_second * 2)
+        self.buckets = TokenBuckets(per_second, max(1.0, per_second * 2))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.EXEMPT:

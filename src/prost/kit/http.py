@@ -125,7 +125,7 @@ class _BodyTooLarge(StarletteHTTPException):
 
 
 async def _send_error(send: Send, exc: errors.DomainError) -> None:
-    response = errors.error_response(exc.code, exc.message, exc.status)
+    response = errors.error_response(exc.code, exc.message, exc.status, headers=exc.headers)
     await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
 
