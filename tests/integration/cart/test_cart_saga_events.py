@@ -1,0 +1,259 @@
+"""The cart's event handlers against the real schema (a database of the module's own,
+which no running re-hold loop touches), event by event: duplicates (as
+new deliveries with new event ids, which the inbox cannot catch), stale and reordered
+events change nothing twice."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from prost.cart import handlers
+from prost.cart.domain import CartStatus, Hold, LockStatus, Product, SagaStatus
+from prost.cart.repository import CartRepository, SagaRepository
+from prost.cart.tables import carts, inventory_locks, saga_states
+from prost.contracts.catalog import StockLine, StockReleased
+from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced
+from prost.kit.messages import Envelope, Event
+
+NO_CONTEXT: Any = None  # the cart's handlers use nothing from their context
+
+
+class Checkout:
+    """A user's cart with one held line, checked out as one order."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.user_id = uuid.uuid4()
+        self.order_id = uuid.uuid4()
+        self.product_id = uuid.uuid4()
+        self.cart_id = uuid.uuid4()
+
+    async def open_cart(self, *, expires_in: float = 600) -> None:
+        async with self.engine.begin() as s:
+            await CartRepository.add_open(s, user_id=self.user_id)
+            cart = await CartRepository.get_current(s, user_id=self.user_id)
+            assert cart is not None
+            self.cart_id = cart.id
+            product = Product(product_id=self.product_id, sku="SKU-E", name="E", price=Decimal("2.50"), currency="USD")
+            await CartRepository.save_line(s, cart_id=cart.id, product=product, quantity=2)
+            hold = Hold(
+                product_id=self.product_id, quantity=2, expires_at=datetime.now(UTC) + timedelta(seconds=expires_in)
+            )
+            await CartRepository.record_hold(s, cart_id=cart.id, hold=hold)
+
+    async def start(self, *, placed: bool = True) -> None:
+        """The checkout as the API leaves it: saga `starting`, or `placed` and the cart checked out."""
+        async with self.engine.begin() as s:
+            lines = [{"product_id": str(self.product_id), "quantity": 2}]
+            saga = await SagaRepository.add(
+                s, cart_id=self.cart_id, order_id=self.order_id, user_id=self.user_id, lines=lines
+            )
+            if placed:
+                await SagaRepository.move(s, saga_id=saga.id, to=SagaStatus.PLACED)
+                await CartRepository.set_status(s, cart_id=self.cart_id, status=CartStatus.CHECKED_OUT)
+                await CartRepository.set_locks(s, cart_id=self.cart_id, status=LockStatus.CONVERTED)
+
+    async def deliver(self, event: Event, *, occurred_at: datetime | None = None) -> None:
+        envelope = Envelope.wrap(event, producer="test", correlation_id=self.order_id)
+        if occurred_at is not None:
+            envelope = envelope.model_copy(update={"occurred_at": occurred_at})
+        handler = handlers.SUBSCRIPTIONS[event.TYPE]
+        assert callable(handler)
+        async with self.engine.begin() as s:
+            await handler(envelope, s, NO_CONTEXT)
+
+    def confirmed(self, *, cart_id: uuid.UUID | str | None = "own") -> OrderConfirmed:
+        return OrderConfirmed(
+            order_id=self.order_id,
+            user_id=self.user_id,
+            cart_id=self.cart_id if cart_id == "own" else cart_id,
+            lines=self._lines(),
+        )
+
+    def cancelled(self, status: str = "cancelled", reason: str = "payment_declined") -> OrderCancelled:
+        return OrderCancelled(
+            order_id=self.order_id,
+            user_id=self.user_id,
+            cart_id=self.cart_id,
+            status=status,
+            reason=reason,
+            lines=self._lines(),
+        )
+
+    def placed(self) -> OrderPlaced:
+        return OrderPlaced(
+            order_id=self.order_id,
+            user_id=self.user_id,
+            cart_id=self.cart_id,
+            lines=self._lines(),
+            total_amount=Decimal("5.00"),
+            currency="USD",
+        )
+
+    def hold_expired(self) -> StockReleased:
+        return StockReleased(kind="cart_hold", owner_id=self.cart_id, reason="expired", lines=self._lines())
+
+    def order_released(self) -> StockReleased:
+        return StockReleased(
+            kind="order", owner_id=self.order_id, order_id=self.order_id, reason="cancelled", lines=self._lines()
+        )
+
+    def _lines(self) -> list[StockLine]:
+        return [StockLine(product_id=self.product_id, quantity=2)]
+
+    async def carts(self) -> list[tuple[uuid.UUID, str]]:
+        async with self.engine.connect() as c:
+            rows = (
+                await c.execute(
+                    sa.select(carts.c.id, carts.c.status)
+                    .where(carts.c.user_id == self.user_id)
+                    .order_by(carts.c.created_at)
+                )
+            ).all()
+        return [(r.id, r.status) for r in rows]
+
+    async def saga(self) -> tuple[str, str | None]:
+        async with self.engine.connect() as c:
+            row = (
+                await c.execute(
+                    sa.select(saga_states.c.status, saga_states.c.failure_reason).where(
+                        saga_states.c.order_id == self.order_id
+                    )
+                )
+            ).one()
+        return row.status, row.failure_reason
+
+    async def lock(self) -> str:
+        async with self.engine.connect() as c:
+            status: str = (
+                await c.execute(
+                    sa.select(inventory_locks.c.status).where(
+                        inventory_locks.c.cart_id == self.cart_id, inventory_locks.c.product_id == self.product_id
+                    )
+                )
+            ).scalar_one()
+        return status
+
+
+async def checked_out(engine: AsyncEngine) -> Checkout:
+    c = Checkout(engine)
+    await c.open_cart()
+    await c.start()
+    return c
+
+
+async def test_a_confirmed_order_leaves_the_user_one_fresh_cart_however_often_it_is_told(
+    own_engine: AsyncEngine,
+) -> None:
+    engine = own_engine
+    c = await checked_out(engine)
+    for _ in range(3):
+        await c.deliver(c.confirmed())
+    found = await c.carts()
+    assert [status for _, status in found] == ["ordered", "open"]
+    assert found[0][0] == c.cart_id
+    assert await c.saga() == ("confirmed", None)
+
+
+async def test_a_cancellation_after_the_confirmation_changes_nothing(own_engine: AsyncEngine) -> None:
+    engine = own_engine
+    c = await checked_out(engine)
+    await c.deliver(c.confirmed())
+    await c.deliver(c.cancelled())
+    assert [status for _, status in await c.carts()] == ["ordered", "open"]
+    assert await c.saga() == ("confirmed", None)
+
+
+async def test_a_cancelled_order_reopens_the_cart_once_and_asks_for_its_holds_again(own_engine: AsyncEngine) -> None:
+    engine = own_engine
+    c = await checked_out(engine)
+    await c.deliver(c.cancelled())
+    assert await c.carts() == [(c.cart_id, "open")]
+    assert await c.lock() == "pending"
+    assert await c.saga() == ("cancelled", "payment_declined")
+    # The re-hold loop found no stock; a repeated cancellation does not reset that.
+    async with engine.begin() as s:
+        await CartRepository.set_locks(s, cart_id=c.cart_id, status=LockStatus.UNAVAILABLE)
+    await c.deliver(c.cancelled())
+    await c.deliver(c.confirmed())  # stale, reordered: ignored
+    assert await c.carts() == [(c.cart_id, "open")]
+    assert await c.lock() == "unavailable"
+    # The order's stock came free: lines that found none try again.
+    await c.deliver(c.order_released())
+    assert await c.lock() == "pending"
+
+
+async def test_a_rejected_order_reopens_the_cart_with_its_reason(own_engine: AsyncEngine) -> None:
+    engine = own_engine
+    c = await checked_out(engine)
+    await c.deliver(c.cancelled(status="rejected", reason="out_of_stock"))
+    assert await c.carts() == [(c.cart_id, "open")]
+    assert await c.saga() == ("cancelled", "out_of_stock")
+
+
+async def test_released_order_stock_before_the_cancellation_changes_nothing_yet(own_engine: AsyncEngine) -> None:
+    engine = own_engine
+    c = await checked_out(engine)
+    await c.deliver(c.order_released())
+    assert await c.carts() == [(c.cart_id, "checked_out")]
+    assert await c.lock() == "converted"
+
+
+async def test_an_order_placed_for_a_checkout_whose_answer_was_lost_checks_the_cart_out(
+    own_engine: AsyncEngine,
+) -> None:
+    engine = own_engine
+    c = Checkout(engine)
+    await c.open_cart()
+    await c.start(placed=False)
+    assert await c.saga() == ("starting", None)
+    await c.deliver(c.placed())
+    await c.deliver(c.placed())
+    assert await c.carts() == [(c.cart_id, "checked_out")]
+    assert await c.saga() == ("placed", None)
+    assert await c.lock() == "converted"
+
+
+async def test_events_about_orders_without_this_cart_are_ignored(own_engine: AsyncEngine) -> None:
+    engine = own_engine
+    c = await checked_out(engine)
+    await c.deliver(c.confirmed(cart_id=None))
+    await c.deliver(c.confirmed(cart_id=uuid.uuid4()))
+    other = Checkout(engine)
+    other.cart_id = c.cart_id
+    await other.deliver(other.cancelled())  # an order this cart never checked out
+    assert await c.carts() == [(c.cart_id, "checked_out")]
+    assert await c.saga() == ("placed", None)
+
+
+async def test_an_expired_hold_marks_the_line_lapsed(own_engine: AsyncEngine) -> None:
+    engine = own_engine
+    c = Checkout(engine)
+    await c.open_cart(expires_in=-1)
+    await c.deliver(c.hold_expired())
+    assert await c.lock() == "expired"
+
+
+async def test_a_stale_expiry_does_not_touch_a_newer_hold(own_engine: AsyncEngine) -> None:
+    engine = own_engine
+    c = Checkout(engine)
+    await c.open_cart(expires_in=600)  # placed again after the old one lapsed
+    await c.deliver(c.hold_expired())
+    assert await c.lock() == "active"
+
+
+async def test_a_hold_released_by_the_catalog_before_it_was_placed_again_is_kept(own_engine: AsyncEngine) -> None:
+    engine = own_engine
+    c = Checkout(engine)
+    await c.open_cart()
+    released = StockReleased(kind="cart_hold", owner_id=c.cart_id, reason="released", lines=c._lines())
+    await c.deliver(released, occurred_at=datetime.now(UTC) - timedelta(minutes=5))
+    assert await c.lock() == "active"
+    await c.deliver(released, occurred_at=datetime.now(UTC) + timedelta(seconds=1))
+    assert await c.lock() == "expired"
