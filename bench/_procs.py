@@ -52,7 +52,11 @@ async def fresh_database() -> AsyncIterator[str]:
 def fresh_vhost() -> Iterator[str]:
     vhost = f"prost_bench_{uuid.uuid4().hex[:8]}"
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield AMQP.rstrip("/") + "/" + vhost
     finally:
@@ -65,10 +69,12 @@ class Proc:
         base = {k: v for k, v in os.environ.items() if not k.startswith("PROST_")}
         base.update({"PROST_LOG_LEVEL": "WARNING", "PROST_RATE_LIMIT_PER_SECOND": "0", "PROST_HTTP_PORT": str(port)})
         base.update(env)
-        self.popen = subprocess.Popen([sys.executable, "-m", "prost.cli", *args], env=base, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "prost.cli", *args], env=base, stdout=log.open("ab"), stderr=subprocess.STDOUT
+        )
 
-    async def ready(self, path: str = "/ready", timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
+    async def ready(self, path: str = "/ready", within: float = 60) -> None:
+        deadline = time.monotonic() + within
         async with httpx.AsyncClient(timeout=2) as client:
             while time.monotonic() < deadline:
                 if self.popen.poll() is not None:
@@ -87,7 +93,9 @@ class Proc:
             self.popen.kill()
 
 
-def wrk(url: str, *, seconds: int = 10, connections: int = 32, threads: int = 1, headers: dict[str, str] | None = None) -> dict[str, float]:
+def wrk(
+    url: str, *, seconds: int = 10, connections: int = 32, threads: int = 1, headers: dict[str, str] | None = None
+) -> dict[str, float]:
     """Requests/s and latency percentiles from wrk (Debian's `wrk`)."""
     if shutil.which("wrk") is None:
         raise SystemExit("this benchmark needs wrk: apt-get install -y wrk")

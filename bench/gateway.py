@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _procs import Proc, free_port, fresh_database, fresh_vhost, wrk  # noqa: E402
+from prost.kit.auth import TokenAuthority
 
-from prost.kit.auth import TokenAuthority  # noqa: E402
+from _procs import Proc, free_port, fresh_database, fresh_vhost, wrk
 
 SECRET = "bench-secret-" + "b" * 40
 
@@ -42,9 +42,15 @@ async def main() -> None:
             catalog_port, gateway_port = free_port(), free_port()
             common = {"PROST_DATABASE_URL": db, "PROST_BROKER_URL": broker, "PROST_JWT_SECRET": SECRET}
             catalog = Proc(["serve", "catalog"], common, catalog_port, logdir / "catalog.log")
-            others = {f"PROST_{s.upper()}_URL": f"http://127.0.0.1:{free_port()}" for s in ("users", "cart", "orders", "payments")}
+            others = {
+                f"PROST_{s.upper()}_URL": f"http://127.0.0.1:{free_port()}"
+                for s in ("users", "cart", "orders", "payments")
+            }
             gateway = Proc(
-                ["serve", "gateway"], common | others | {"PROST_CATALOG_URL": catalog.url}, gateway_port, logdir / "gateway.log"
+                ["serve", "gateway"],
+                common | others | {"PROST_CATALOG_URL": catalog.url},
+                gateway_port,
+                logdir / "gateway.log",
             )
             try:
                 await catalog.ready()
@@ -54,7 +60,9 @@ async def main() -> None:
                 )
                 async with httpx.AsyncClient() as client:
                     body = {"sku": f"BENCH-{uuid.uuid4().hex[:8]}", "name": "Bench", "price": "9.99", "stock": 10}
-                    r = await client.post(f"{catalog.url}/api/v1/products", json=body, headers={"Authorization": f"Bearer {admin}"})
+                    r = await client.post(
+                        f"{catalog.url}/api/v1/products", json=body, headers={"Authorization": f"Bearer {admin}"}
+                    )
                     r.raise_for_status()
                     product_id = r.json()["id"]
                 path = f"/api/v1/products/{product_id}"
@@ -71,7 +79,9 @@ async def main() -> None:
     g_rps = statistics.mean(x["rps"] for x in proxied)
     for name, runs in (("service alone", direct), ("through gateway", proxied)):
         for run in runs:
-            print(f"{name:16} {run['rps']:8.0f} req/s  p50 {run.get('p50_ms', 0):6.2f} ms  p99 {run.get('p99_ms', 0):6.2f} ms")
+            print(
+                f"{name:16} {run['rps']:8.0f} req/s  p50 {run.get('p50_ms', 0):6.2f} ms  p99 {run.get('p99_ms', 0):6.2f} ms"
+            )
     summary = {
         "benchmark": "gateway",
         "endpoint": "GET /api/v1/products/{id}",

@@ -41,7 +41,9 @@ class ProstProcess:
         async with httpx.AsyncClient(timeout=2) as client:
             while True:
                 if self.proc.returncode is not None:
-                    raise RuntimeError(f"prost {' '.join(self.args)} exited with {self.proc.returncode}:\n{self.tail()}")
+                    raise RuntimeError(
+                        f"prost {' '.join(self.args)} exited with {self.proc.returncode}:\n{self.tail()}"
+                    )
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(self.url + "/ready")).status_code == 200:
                         return

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,7 +39,9 @@ class Shop:
     async def shopper(self) -> str:
         tag = uuid.uuid4().hex[:10]
         email, password = f"e2e-{tag}@prost.test", "password-123"
-        r = await self.client.post("/api/v1/users/register", json={"email": email, "username": f"e2e_{tag}", "password": password})
+        r = await self.client.post(
+            "/api/v1/users/register", json={"email": email, "username": f"e2e_{tag}", "password": password}
+        )
         assert r.status_code == 201, r.text
         return await self.login(email, password)
 
@@ -71,7 +72,9 @@ class Shop:
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
 async def running(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, make_database_module: Callable[[], AbstractAsyncContextManager[str]]
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_database_module: Callable[[], AbstractAsyncContextManager[str]],
 ) -> AsyncIterator[ProstProcess]:
     mode = request.param
     tmp = tmp_path_factory.mktemp(f"e2e-{mode}")
@@ -92,7 +95,9 @@ async def running(
     broker = request.getfixturevalue("broker_url")
     async with make_database_module() as database_url:
         env |= {"PROST_DATABASE_URL": database_url, "PROST_BROKER_URL": broker}
-        process = ProstProcess(["up", "--distributed", "--replicas", "orders=2,catalog=2"], env=env, log_path=tmp / "prost.log", port=port)
+        process = ProstProcess(
+            ["up", "--distributed", "--replicas", "orders=2,catalog=2"], env=env, log_path=tmp / "prost.log", port=port
+        )
         await process.start(ready_timeout=120)
         yield process
         code = await process.stop(signal.SIGINT)
@@ -122,7 +127,9 @@ async def test_a_shopper_browses_fills_a_cart_and_checks_out(shop: Shop) -> None
     assert [p["id"] for p in found["items"]] == [tea["id"]]
 
     for product, quantity in ((tea, 3), (cup, 1)):
-        r = await shop.client.post("/api/v1/cart/items", json={"product_id": product["id"], "quantity": quantity}, headers=bearer(token))
+        r = await shop.client.post(
+            "/api/v1/cart/items", json={"product_id": product["id"], "quantity": quantity}, headers=bearer(token)
+        )
         assert r.status_code == 200, r.text
     cart = r.json()
     assert Decimal(cart["total_amount"]) == Decimal("25.50")
@@ -142,7 +149,9 @@ async def test_a_declined_card_is_compensated_and_the_cart_comes_back(shop: Shop
     admin = await shop.login(ADMIN_EMAIL, ADMIN_PASSWORD)
     product = await shop.product(admin, stock=5)
     token = await shop.shopper()
-    r = await shop.client.post("/api/v1/cart/items", json={"product_id": product["id"], "quantity": 2}, headers=bearer(token))
+    r = await shop.client.post(
+        "/api/v1/cart/items", json={"product_id": product["id"], "quantity": 2}, headers=bearer(token)
+    )
     assert r.status_code == 200, r.text
     r = await shop.client.post("/api/v1/cart/checkout", json={"payment": DECLINED_CARD}, headers=bearer(token))
     assert r.status_code == 202, r.text
@@ -165,7 +174,11 @@ async def test_an_order_for_more_than_the_stock_is_rejected(shop: Shop) -> None:
     admin = await shop.login(ADMIN_EMAIL, ADMIN_PASSWORD)
     product = await shop.product(admin, stock=1)
     token = await shop.shopper()
-    r = await shop.client.post("/api/v1/orders", json={"items": [{"product_id": product["id"], "quantity": 2}], "payment": GOOD_CARD}, headers=bearer(token))
+    r = await shop.client.post(
+        "/api/v1/orders",
+        json={"items": [{"product_id": product["id"], "quantity": 2}], "payment": GOOD_CARD},
+        headers=bearer(token),
+    )
     assert r.status_code == 202, r.text
     order = await shop.final_order(token, r.json()["id"])
     assert (order["status"], order["failure_reason"]) == ("rejected", "out_of_stock")

@@ -84,7 +84,9 @@ class TokenCheckMiddleware:
             scheme, _, token = header.partition(" ")
             try:
                 if scheme.lower() != "bearer" or not token.strip():
-                    raise errors.Unauthorized("missing bearer token" if not header else "malformed authorization header")
+                    raise errors.Unauthorized(
+                        "missing bearer token" if not header else "malformed authorization header"
+                    )
                 self.auth.verify(token.strip())
             except errors.DomainError as exc:
                 await _send_error(send, exc)

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from prost.runtime.host import ServiceHost
 
 
-def create_embedded_app(host: ServiceHost, *, settings: Settings, engine: AsyncEngine, bus: MessageBus, auth: TokenAuthority) -> FastAPI:
+def create_embedded_app(
+    host: ServiceHost, *, settings: Settings, engine: AsyncEngine, bus: MessageBus, auth: TokenAuthority
+) -> FastAPI:
     async def database_ready() -> bool:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

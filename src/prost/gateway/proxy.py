@@ -11,21 +11,21 @@ no routing or validation in the gateway.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from yarl import URL
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
+from yarl import URL
 
 from prost.gateway.edge import install_edge
 from prost.gateway.routes import service_for
 from prost.kit import errors
 from prost.kit.auth import TokenAuthority
-from prost.kit.http import _send_error, create_service_app, install_docs
+from prost.kit.http import ReadyCheck, _send_error, create_service_app, install_docs
 from prost.kit.settings import Settings
 
 HOP_BY_HOP = frozenset(
@@ -95,7 +95,9 @@ class Gateway:
             await self.session.close()
             self.session = None
 
-    async def forward(self, service: str, scope: Scope, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def forward(
+        self, service: str, scope: Scope, receive: Receive
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         assert self.session is not None, "gateway not started"
         base = self.urls.get(service)
         if base is None:
@@ -120,8 +122,12 @@ class Gateway:
             url += "?" + scope["query_string"].decode("latin-1")
         try:
             async with self.session.request(
-                scope["method"], URL(url, encoded=True), data=body or None, headers=headers,
-                allow_redirects=False, timeout=self.timeout,
+                scope["method"],
+                URL(url, encoded=True),
+                data=body or None,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self.timeout,
             ) as resp:
                 content = await resp.read()
                 out = [(k, v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP]
@@ -158,7 +164,7 @@ def create_gateway_app(
         app.add_middleware(ProxyMiddleware, gateway=gateway)
         install_edge(app, settings=settings, auth=auth, check_tokens=True)
 
-    checks = {name: (lambda name=name: gateway.service_ready(name)) for name in urls}
+    checks: dict[str, ReadyCheck] = {name: functools.partial(gateway.service_ready, name) for name in urls}
     app = create_service_app("gateway", title="prost", lifespan=lifespan, ready_checks=checks, openapi=False, edge=edge)
     app.state.auth = auth
     app.state.gateway = gateway
@@ -176,12 +182,3 @@ def serve_openapi(app: FastAPI, schema: dict[str, Any] | None) -> None:
         return schema
 
     install_docs(app)
-
-
-async def wait_ready(gateway: Gateway, timeout: float = 30.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if all(await asyncio.gather(*(gateway.service_ready(s) for s in gateway.urls))):
-            return True
-        await asyncio.sleep(0.2)
-    return False

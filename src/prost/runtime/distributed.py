@@ -93,7 +93,9 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
             await conn.execute(text("SELECT 1"))
         return True
 
-    host = ServiceHost([registry.definition(name)], settings=settings, engine=engine, bus=bus, auth=auth, urls=peer_urls(settings))
+    host = ServiceHost(
+        [registry.definition(name)], settings=settings, engine=engine, bus=bus, auth=auth, urls=peer_urls(settings)
+    )
     app = create_service_app(name, ready_checks={"database": database_ready, "bus": bus.is_ready})
     app.state.auth = auth
     app.state.settings = settings

@@ -50,7 +50,9 @@ def make_bus(settings: Settings) -> MessageBus:
         )
     from prost.kit.bus.memory import MemoryBus
 
-    return MemoryBus(max_delivery_attempts=settings.max_delivery_attempts, retry_base_delay_ms=settings.retry_base_delay_ms)
+    return MemoryBus(
+        max_delivery_attempts=settings.max_delivery_attempts, retry_base_delay_ms=settings.retry_base_delay_ms
+    )
 
 
 class QuietServer(uvicorn.Server):
@@ -76,7 +78,9 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
 
 
 class System:
-    def __init__(self, settings: Settings, *, progress: Progress | None = None, services: list[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, progress: Progress | None = None, services: list[str] | None = None
+    ) -> None:
         self.settings = settings
         self.progress = progress or (lambda _msg: None)
         self.services = services
@@ -108,7 +112,9 @@ class System:
         self._socket = bind_socket(s.http_host, s.http_port)
         port = self._socket.getsockname()[1]
         self.url = f"http://{s.http_host}:{port}"
-        auth = TokenAuthority(secret=jwt_secret(s, embedded=True), ttl_seconds=s.jwt_ttl_seconds, revocations=TokenRevocations())
+        auth = TokenAuthority(
+            secret=jwt_secret(s, embedded=True), ttl_seconds=s.jwt_ttl_seconds, revocations=TokenRevocations()
+        )
         definitions = registry.definitions(self.services)
         self.host = ServiceHost(
             definitions,
@@ -116,14 +122,16 @@ class System:
             engine=self.engine,
             bus=self.bus,
             auth=auth,
-            urls={name: self.url for name in SERVICES},
+            urls=dict.fromkeys(SERVICES, self.url),
         )
         from prost.gateway.embedded import create_embedded_app
 
         self.app = create_embedded_app(self.host, settings=s, engine=self.engine, bus=self.bus, auth=auth)
         self.progress("starting the services")
         await self.host.start()
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", loop="none", http="httptools")
+        config = uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off", loop="none", http="httptools"
+        )
         self._server = QuietServer(config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[self._socket]), name="http")
         while not self._server.started:
@@ -161,5 +169,7 @@ class System:
             raise
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()

@@ -15,10 +15,10 @@ class EmbeddedPostgres:
 
     async def start(self) -> str:
         """Start (or attach to) the server and return a URL for the `prost` database."""
-        import pgserver
+        from pgserver import get_server  # type: ignore[attr-defined]
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.to_thread(pgserver.get_server, self.pgdata, cleanup_mode="stop")
+        self._server = await asyncio.to_thread(get_server, self.pgdata, cleanup_mode="stop")
         uri = urlparse(self._server.get_uri())
         socket_dir = parse_qs(uri.query)["host"][0]
         return f"postgresql://postgres@/prost?host={socket_dir}"

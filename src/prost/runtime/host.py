@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -32,7 +33,9 @@ from prost.kit.settings import Settings
 log = logging.getLogger("prost.runtime")
 
 
-def handler_for(ctx: ServiceContext, routing_key: str, target: EventHandler | Raw) -> Callable[[Envelope], Awaitable[None]]:
+def handler_for(
+    ctx: ServiceContext, routing_key: str, target: EventHandler | Raw
+) -> Callable[[Envelope], Awaitable[None]]:
     async def on_message(envelope: Envelope) -> None:
         token = correlation_id_var.set(envelope.correlation_id)
         try:
@@ -107,7 +110,9 @@ class ServiceHost:
 
     def build_contexts(self) -> dict[str, ServiceContext]:
         for d in self.definitions:
-            clients = ServiceClients(caller=d.name, urls=self.urls, auth=self.auth, timeout=self.settings.http_client_timeout_seconds)
+            clients = ServiceClients(
+                caller=d.name, urls=self.urls, auth=self.auth, timeout=self.settings.http_client_timeout_seconds
+            )
             self.contexts[d.name] = ServiceContext(
                 name=d.name, settings=self.settings, engine=self.engine, bus=self.bus, auth=self.auth, clients=clients
             )
@@ -156,7 +161,7 @@ class ServiceHost:
             )
             self._spawn(f"{d.name}.relay", relay.run)
             for loop in d.background:
-                self._spawn(f"{d.name}.{getattr(loop, '__name__', 'loop')}", lambda loop=loop, ctx=ctx: loop(ctx))
+                self._spawn(f"{d.name}.{getattr(loop, '__name__', 'loop')}", functools.partial(loop, ctx))
 
     def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         async def supervised() -> None:

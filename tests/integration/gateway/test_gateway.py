@@ -11,11 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import bearer, register, served
 from prost.gateway.proxy import create_gateway_app
 from prost.kit.auth import TokenAuthority, TokenRevocations
 from prost.kit.settings import SERVICES, Settings
 from prost.runtime.openapi import public_openapi
+
+from helpers import bearer, register, served
 
 
 def make_gateway(settings: Settings, urls: dict[str, str]) -> Any:
@@ -26,7 +27,7 @@ def make_gateway(settings: Settings, urls: dict[str, str]) -> Any:
 
 @pytest.fixture
 async def gateway(system: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = make_gateway(system.settings, {s: system.url for s in SERVICES})
+    app = make_gateway(system.settings, dict.fromkeys(SERVICES, system.url))
     async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         yield client
 
@@ -62,7 +63,11 @@ async def test_internal_and_unknown_paths_are_not_routed(gateway: httpx.AsyncCli
 
 
 async def test_body_over_one_mebibyte_is_refused(gateway: httpx.AsyncClient) -> None:
-    r = await gateway.post("/api/v1/users/register", content=b"{" + b" " * (1024 * 1024 + 10) + b"}", headers={"content-type": "application/json"})
+    r = await gateway.post(
+        "/api/v1/users/register",
+        content=b"{" + b" " * (1024 * 1024 + 10) + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
     assert r.json()["error"] == "payload_too_large"
 
@@ -105,9 +110,12 @@ def _closed_port() -> int:
 
 
 async def test_a_service_that_is_down_gives_503_quickly(settings_factory: Callable[..., Settings], system: Any) -> None:
-    urls = {s: system.url for s in SERVICES} | {"orders": f"http://127.0.0.1:{_closed_port()}"}
+    urls = dict.fromkeys(SERVICES, system.url) | {"orders": f"http://127.0.0.1:{_closed_port()}"}
     _, token = await register(httpx.AsyncClient(base_url=system.url))
-    async with served(make_gateway(system.settings, urls)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with (
+        served(make_gateway(system.settings, urls)) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
         r = await client.get("/api/v1/orders", headers=bearer(token))
         assert r.status_code == 503
         assert r.json()["error"] == "unavailable"
@@ -125,7 +133,7 @@ async def test_a_service_that_hangs_gives_504(settings_factory: Callable[..., Se
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     settings = system.settings.model_copy(update={"gateway_timeout_seconds": 0.5})
-    urls = {s: system.url for s in SERVICES} | {"catalog": f"http://127.0.0.1:{port}"}
+    urls = dict.fromkeys(SERVICES, system.url) | {"catalog": f"http://127.0.0.1:{port}"}
     try:
         async with served(make_gateway(settings, urls)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
             r = await client.get("/api/v1/products")
@@ -139,7 +147,10 @@ async def test_requests_over_the_rate_limit_get_429_with_retry_after(system: Any
     # 1 request/s with a burst of 2: the third request in a row finds the bucket empty
     # (it refills one token per second, far slower than these requests follow each other).
     settings = system.settings.model_copy(update={"rate_limit_per_second": 1.0})
-    async with served(make_gateway(settings, {s: system.url for s in SERVICES})) as url, httpx.AsyncClient(base_url=url) as client:
+    async with (
+        served(make_gateway(settings, dict.fromkeys(SERVICES, system.url))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
         statuses = [(await client.get("/api/v1/categories")).status_code for _ in range(3)]
         assert statuses == [200, 200, 429]
         r = await client.get("/api/v1/categories")
@@ -151,8 +162,15 @@ async def test_requests_over_the_rate_limit_get_429_with_retry_after(system: Any
 
 async def test_cors_allows_configured_origins_only(system: Any) -> None:
     settings = system.settings.model_copy(update={"cors_origins": "https://shop.example"})
-    async with served(make_gateway(settings, {s: system.url for s in SERVICES})) as url, httpx.AsyncClient(base_url=url) as client:
-        pre = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    async with (
+        served(make_gateway(settings, dict.fromkeys(SERVICES, system.url))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        pre = {
+            "Origin": "https://shop.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
         r = await client.options("/api/v1/cart/items", headers=pre)
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == "https://shop.example"
