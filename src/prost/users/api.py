@@ -115,19 +115,16 @@ def forget_older_tokens(ctx: ServiceContext, user_id: uuid.UUID, version: int) -
         ctx.auth.revocations.revoke_before(user_id, version)
 
 
-async def check_password_with_limits(
-    ctx: ServiceContext, *, account: str, address: str, password: str, password_hash: str | None
-) -> bool:
-    """Count an attempt, check the password off the loop, keep the attempt only if wrong."""
-    limits = login_limits(ctx)
-    keys = [AttemptKey("account", account.lower()), AttemptKey("address", address)]
-    async with ctx.engine.begin() as session:
-        attempt_ids = await LoginAttemptRepository(session, limits).open(keys)
-    ok = await password_hasher(ctx).verify(password, password_hash)
+def attempt_keys(*, account: str, address: str) -> list[AttemptKey]:
+    # Always the account first, then the address: the order the locks are taken in.
+    return [AttemptKey("account", account.lower()), AttemptKey("address", address)]
+
+
+async def finish_attempt(ctx: ServiceContext, attempt_ids: list[int], *, ok: bool) -> None:
+    """A right password was no failure: forget its attempt rows; a wrong one's stay."""
     if ok:
         async with ctx.engine.begin() as session:
-            await LoginAttemptRepository(session, limits).close(attempt_ids)
-    return ok
+            await LoginAttemptRepository(session, login_limits(ctx)).close(attempt_ids)
 
 
 # -- routes --------------------------------------------------------------------------
@@ -157,15 +154,14 @@ async def announce_registered(session: Session, user: UserRow) -> None:
 async def login(body: LoginRequest, request: Request, ctx: Ctx) -> dict[str, object]:
     """A bearer token for a right email and password; the same 401 for anything else."""
     email = domain.lookup_email(body.email)
-    async with ctx.engine.connect() as conn:
-        user = await UserRepository(conn).get_by_email(email)
-    ok = await check_password_with_limits(
-        ctx,
-        account=email,
-        address=client_address(request),
-        password=body.password,
-        password_hash=user.password_hash if user is not None else None,
-    )
+    async with ctx.engine.begin() as session:
+        user = await UserRepository(session).get_by_email(email)
+        attempt_ids = await LoginAttemptRepository(session, login_limits(ctx)).open(
+            attempt_keys(account=email, address=client_address(request))
+        )
+    # Outside any transaction; an unknown email is checked against the dummy hash.
+    ok = await password_hasher(ctx).verify(body.password, user.password_hash if user is not None else None)
+    await finish_attempt(ctx, attempt_ids, ok=ok)
     if not ok or user is None:
         raise domain.InvalidCredentials
     token, exp = ctx.auth.issue(
@@ -229,16 +225,14 @@ async def update_profile(
     if change.touches_credentials:
         if not body.current_password:
             raise domain.CurrentPasswordRequired
+        keys = attempt_keys(account=current.email, address=client_address(request))
         try:
-            ok = await check_password_with_limits(
-                ctx,
-                account=current.email,
-                address=client_address(request),
-                password=body.current_password,
-                password_hash=current.password_hash,
-            )
+            async with ctx.engine.begin() as session:
+                attempt_ids = await LoginAttemptRepository(session, login_limits(ctx)).open(keys)
         except RateLimited as exc:
             raise RateLimited("too many wrong passwords; try again later", retry_after=exc.retry_after) from exc
+        ok = await password_hasher(ctx).verify(body.current_password, current.password_hash)
+        await finish_attempt(ctx, attempt_ids, ok=ok)
         if not ok:
             raise domain.WrongCurrentPassword
         if change.password is not None:

@@ -185,12 +185,23 @@ class LoginAttemptRepository:
                     sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(f"prost.users.login:{k.scope}:{k.key}", 0))
                 )
             )
-        now: datetime = (await self.session.execute(sa.select(sa.func.now()))).scalar_one()
-        for k in keys:
+        # One round trip for every key's newest attempts (at most `limit` each) and the time.
+        recents = [self._recent(k, self.limits.limit_for(k.scope)).subquery() for k in keys]
+        rows = (
+            await self.session.execute(
+                sa.union_all(
+                    sa.select(sa.literal(-1).label("i"), sa.func.now().label("at")),
+                    *(sa.select(sa.literal(i).label("i"), r.c.attempted_at) for i, r in enumerate(recents)),
+                )
+            )
+        ).all()
+        now: datetime = next(r.at for r in rows if r.i == -1)
+        for i, k in enumerate(keys):
             limit = self.limits.limit_for(k.scope)
-            recent = list(await self.session.scalars(self._recent(k, limit)))
+            recent = [r.at for r in rows if r.i == i]
             if len(recent) >= limit:
-                frees_at = recent[-1].timestamp() + self.limits.window_seconds
+                # The window frees a slot when the oldest of the newest `limit` leaves it.
+                frees_at = min(recent).timestamp() + self.limits.window_seconds
                 retry_after = max(1, math.ceil(frees_at - now.timestamp()))
                 raise RateLimited(f"too many failed logins; try again in {retry_after} s", retry_after=retry_after)
         stmt = (
