@@ -282,16 +282,22 @@ class Shop:
         self.page = page
         self.server = server
 
+    async def on_screen(self) -> None:
+        """Wait until the page for the current address is the one shown (pages render off-screen first)."""
+        await self.page.wait_for_function(
+            "() => document.querySelector('main').dataset.route === (location.hash || '#/')"
+        )
+
     async def open(self, route: str = "#/") -> None:
         """Load the storefront at `route` (a full page load: any earlier sign-in is gone)."""
         await self.page.goto(f"{self.server.base_url}/{route}")
-        await self.page.locator("main .page-title").wait_for()
+        await self.on_screen()
 
     async def go(self, route: str) -> None:
         """Move to `route` inside the running page (no reload), as a link would."""
         await self.page.evaluate("route => { location.hash = route; }", route)
         await self.page.wait_for_function("route => location.hash === route", arg=route)
-        await self.page.locator("main .page-title").wait_for()
+        await self.on_screen()
 
     async def register(self, prefix: str = "shopper") -> tuple[str, str]:
         tag = uuid.uuid4().hex[:10]
@@ -303,6 +309,8 @@ class Shop:
         await main.get_by_label("Password").fill(password)
         await main.get_by_role("button", name="Create account").click()
         await self.page.locator("header .username").get_by_text(username).wait_for()
+        await self.page.wait_for_function("() => location.hash === '#/'")
+        await self.on_screen()
         return email, password
 
     async def login(self, email: str, password: str) -> None:
@@ -312,10 +320,15 @@ class Shop:
         await main.get_by_label("Password").fill(password)
         await main.get_by_role("button", name="Log in").click()
         await self.page.locator("header .username").wait_for()
+        await self.page.wait_for_function("() => location.hash === '#/'")
+        await self.on_screen()
 
     async def nav(self, name: str) -> None:
-        await self.page.get_by_role("navigation", name="Main").get_by_role("link", name=name).click()
-        await self.page.locator("main .page-title").wait_for()
+        link = self.page.get_by_role("navigation", name="Main").get_by_role("link", name=name)
+        route = await link.get_attribute("href")
+        await link.click()
+        await self.page.wait_for_function("route => location.hash === route", arg=route)
+        await self.on_screen()
 
     async def search(self, text: str) -> None:
         main = self.page.locator("main")
@@ -336,7 +349,7 @@ class Shop:
         else:
             await button.click()
         await self.page.wait_for_url("**/#/orders/*")
-        await self.page.locator("main .page-title").get_by_text("Order").wait_for()
+        await self.on_screen()
 
     async def unlabelled_fields(self) -> list[str]:
         """Form fields on the page with no accessible name (should be none)."""

@@ -56,6 +56,13 @@ async def test_shopper_registers_searches_buys_two_products_and_sees_confirmed(
     assert await shop.unlabelled_fields() == []
     await screenshot(page, "cart-desktop")
 
+    checkout_keys: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: (
+            checkout_keys.append(r.headers.get("idempotency-key")) if r.url.endswith("/api/v1/cart/checkout") else None
+        ),
+    )
     await shop.pay(GOOD_CARD, double_click=True)
     await expect(main.locator(".order-status-line .badge")).to_have_text("confirmed", timeout=SAGA_TIMEOUT_MS)
     timeline = main.locator("[data-role=timeline]")
@@ -63,7 +70,10 @@ async def test_shopper_registers_searches_buys_two_products_and_sees_confirmed(
     await expect(timeline.locator(".tl-node").last).to_contain_text("onfirm")
     await screenshot(page, "order-confirmed-desktop")
 
-    # The double click made one order, not two.
+    # The double click made one order, not two; whatever was sent carried one Idempotency-Key.
+    assert len(checkout_keys) >= 1
+    assert len(set(checkout_keys)) == 1
+    assert checkout_keys[0]
     orders = await _orders_of(prost_server, email, password)
     assert [(o["status"], o["total_amount"]) for o in orders] == [("confirmed", "9.75")]
 

@@ -75,7 +75,8 @@ async function refreshCart() {
   }
   try {
     const cart = await api.getCart();
-    cartCount = cart.items.reduce((n, line) => n + line.quantity, 0);
+    // Only an open cart counts: a cart being checked out belongs to its order now.
+    cartCount = cart.status === "open" ? cart.items.reduce((n, line) => n + line.quantity, 0) : 0;
   } catch {
     // The count is a convenience; the cart page itself shows any error in words.
     cartCount = null;
@@ -197,6 +198,7 @@ async function render() {
   if (current !== page) return;
   main.removeAttribute("aria-busy");
   mount(main, root);
+  main.dataset.route = location.hash || "#/"; // which route is on screen (tests wait for it)
   if (pendingNotice) {
     announce(pendingNotice);
     pendingNotice = null;

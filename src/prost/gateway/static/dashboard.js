@@ -111,9 +111,9 @@ export async function dashboardView(ctx) {
     mount(statusArea,
       h("h2", { id: "dash-status" }, "Orders by status"),
       total === 0 ? h("p", { class: "empty" }, "No orders yet.") :
-        responsiveFigure(`All ${total} orders by status.`, horizontalBars({ title: "Orders by status", desc, rows }), ctx.onCleanup),
+        responsiveFigure(total === 1 ? "The one order so far, by status." : `All ${total} orders by status.`, horizontalBars({ title: "Orders by status", desc, rows }), ctx.onCleanup),
       reasonRows.length
-        ? responsiveFigure(`Why orders failed, among the latest ${recent.items.length}.`,
+        ? responsiveFigure(`Why orders failed, among the latest ${recent.items.length} order${recent.items.length === 1 ? "" : "s"}.`,
           horizontalBars({ title: "Failure reasons", desc: reasonRows.map((r) => `${r.label}: ${r.value}`).join(", "), rows: reasonRows }),
           ctx.onCleanup)
         : null);
@@ -160,7 +160,7 @@ export async function dashboardView(ctx) {
           h("span", null, "median ", h("strong", { dataset: { role: "median" } }, duration(median))),
           h("span", null, "90th percentile ", h("strong", null, duration(p90))),
           h("span", null, "slowest ", h("strong", null, duration(sorted[sorted.length - 1])))),
-        responsiveFigure(`Time from placing an order to its final status, for the latest ${sorted.length} finished orders.`,
+        responsiveFigure(`Time from placing an order to its final status, for the latest ${sorted.length === 1 ? "finished order" : `${sorted.length} finished orders`}.`,
           histogram({ title: "Saga duration distribution", desc, buckets }), ctx.onCleanup),
       ],
       failures ? errorBox(firstError, `${failures} saga${failures === 1 ? "" : "s"} could not be read`) : null);
@@ -189,7 +189,7 @@ export async function dashboardView(ctx) {
       h("form", { class: "filters compact", on: { submit: (e) => { e.preventDefault(); drawStock(); } } },
         threshold.wrap, h("div", { class: "actions" }, h("button", { type: "submit", class: "button secondary" }, "Show"))),
       h("p", { dataset: { role: "low-count" } },
-        `${low.length} of ${products.total} products have ${limit} or fewer units available.`,
+        `${low.length} of ${products.total} product${products.total === 1 ? "" : "s"} ${low.length === 1 ? "has" : "have"} ${limit} or fewer units available.`,
         products.items.length < products.total ? ` (Checked the first ${products.items.length}.)` : ""),
       shown.length
         ? responsiveFigure(`Lowest availability first, on a scale up to ${scale}: the coloured bar is what can still be bought, the grey one the stock on hand (units held in carts and orders are the difference).${low.length > shown.length ? ` Showing ${shown.length} of ${low.length}.` : ""}`,

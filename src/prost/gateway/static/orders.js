@@ -4,7 +4,7 @@
 import * as api from "./api.js";
 import { add, h, mount } from "./dom.js";
 import { FINAL_STATUSES, dateTime, money, shortId, words } from "./format.js";
-import { sagaTimeline } from "./timeline.js";
+import { sagaBusy, sagaTimeline } from "./timeline.js";
 import { busy, errorBox, heading, messageSlot, pager, showError, statusBadge } from "./ui.js";
 
 const PAGE_SIZE = 20;
@@ -81,8 +81,12 @@ export async function orderView(ctx) {
     return true;
   }
 
+  let wasFinal = null;
   function draw() {
     const final = FINAL_STATUSES.has(order.status);
+    // Reaching a final status changes the cart (a new one, or the old one reopened).
+    if (final && wasFinal === false) ctx.refreshCart();
+    wasFinal = final;
     mount(statusEl,
       h("span", null, "Status: "), statusBadge(order.status),
       order.failure_reason ? h("span", { class: "reason" }, ` Reason: ${words(order.failure_reason)}`) : null,
@@ -128,9 +132,8 @@ export async function orderView(ctx) {
     if (stopped || inFlight || !ctx.isCurrent()) return;
     polls += 1;
     if (FINAL_STATUSES.has(order.status)) {
-      const open = [...(saga?.steps || []), ...(saga?.compensations || [])].some((x) => /pending|running|started/i.test(x.status || ""));
       settleChecks += 1;
-      if (!open || settleChecks > 10) {
+      if (!sagaBusy(saga) || settleChecks > 20) {
         stopped = true;
         return;
       }

@@ -16,8 +16,17 @@ const STAGES = [
   { label: "Confirmed", match: /confirm/i },
 ];
 
-const DONE = /^(completed?|succeeded|success|done|ok|processed|reserved|paid|confirmed|committed|released|refunded)$/i;
-const FAILED = /^(failed|failure|error|declined|rejected|timed_out|timeout|cancelled)$/i;
+// Statuses as the orders service writes them (running/completed/failed/cancelled/timed_out/expired
+// for steps; requested/acknowledged/abandoned for compensations), plus a few obvious synonyms.
+const DONE = /^(completed?|acknowledged|succeeded|success|done|ok|processed|reserved|paid|confirmed|committed|released|refunded|compensated)$/i;
+const FAILED = /^(failed|failure|error|declined|rejected|timed_out|timeout|cancelled|expired|abandoned)$/i;
+
+/** True while the saga still has work in flight (so the page keeps polling). */
+export function sagaBusy(saga) {
+  if (!saga) return true;
+  if (/^(reserving|processing|compensating|running|pending)/i.test(saga.status || "")) return true;
+  return [...(saga.steps || []), ...(saga.compensations || [])].some((x) => /^(running|requested|pending|started)$/i.test(x.status || ""));
+}
 
 function tone(status) {
   if (DONE.test(status || "")) return "done";
@@ -54,8 +63,11 @@ export function sagaTimeline(order, saga) {
   const steps = saga?.steps || [];
   const compensations = saga?.compensations || [];
   const status = order.status;
-  const forward = [node({ kind: "start", title: "Order placed", status: "", at: order.created_at, toneName: "done" })];
-
+  const forward = [];
+  // The saga's own log may start with a "place order" step; otherwise draw the start from the order.
+  if (!steps.some((step) => /plac/i.test(step.name || ""))) {
+    forward.push(node({ kind: "start", title: "Order placed", status: "", at: order.created_at, toneName: "done" }));
+  }
   for (const step of steps) {
     forward.push(node({ kind: "step", title: words(step.name, true), status: step.status, at: step.at, toneName: tone(step.status) }));
   }
@@ -80,7 +92,8 @@ export function sagaTimeline(order, saga) {
       undo.push(node({ kind: "end", title: `${words(status, true)}${reason ? ` — ${reason}` : ""}`, status: "", at: order.updated_at, toneName: "failed" }));
     }
     backward = h("div", { class: "tl-lane tl-lane-undo" },
-      h("p", { class: "tl-branch", dataset: { kind: "branch" } }, "↳ Compensation", reason ? `: ${reason}` : ""),
+      h("p", { class: "tl-branch", dataset: { kind: "branch" } }, "↳ Compensation", reason ? `: ${reason}` : "",
+        /^compensating/i.test(saga?.status || "") ? h("span", { class: "muted small" }, " (still undoing)") : null),
       h("ol", { class: "timeline timeline-undo", "aria-label": "Compensation" }, undo));
   }
 
