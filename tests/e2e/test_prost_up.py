@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from processes import ProstProcess, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

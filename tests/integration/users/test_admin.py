@@ -16,12 +16,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, bearer, register
 from prost.kit.db import create_engine
 from prost.kit.settings import Settings
 from prost.runtime.embedded import System
 from prost.users.admin import ensure_admin
 from prost.users.passwords import PasswordHasher
+
+from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, bearer, register
 
 
 @pytest.fixture

@@ -14,11 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from helpers import bearer, eventually
 from prost.kit.settings import Settings
 from prost.runtime.embedded import System
 from prost.users.domain import LoginLimits
 from prost.users.repository import LoginAttemptRepository
+
+from helpers import bearer, eventually
 
 MAX_FAILURES = 3
 WINDOW_SECONDS = 60

@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from helpers import bearer
 from prost.users import passwords
+
+from helpers import bearer
 
 USER_FIELDS = {"id", "email", "username", "role", "created_at", "updated_at"}
 
