@@ -1,0 +1,348 @@
+"""What payments does with the events it consumes, and its resumer loop.
+
+Subscriptions (both `Raw`: they call the provider, and no database transaction may
+stay open across a provider call)::
+
+    payment.requested         → charge_requested_payment  → payment.processed | payment.failed
+    payment.refund_requested  → refund_requested_payment  → payment.refunded
+
+A charge runs in three steps:
+
+1. one transaction: skip the event if the inbox has it; find or create the order's
+   payment (`processing`, first attempt counted). A payment that is already settled
+   answers again with its recorded outcome (a new request for the same order);
+2. no transaction: call the provider with the payment's idempotency key, retrying
+   provider errors with backoff (`domain.RetryPolicy`), bounded by a timeout;
+3. one transaction: the outcome (conditional on `processing`), the inbox record and
+   the outcome event, together.
+
+A crash between 1 and 3 leaves the event unrecorded: it is delivered again, finds the
+payment still `processing`, calls the provider again with the same key and gets the
+same charge back, never a second one. A message that ends up parked instead leaves a
+`processing` payment that `resume_unsettled_payments` picks up once it has stalled.
+
+A refund is the same shape: note the request; if the charge succeeded, refund it at
+the provider (its own idempotency key), then mark it `refunded` + inbox + event in one
+transaction. A refund asked for while the charge is still processing is noted and
+carried out as soon as the charge succeeds; a second request changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from prost.contracts.orders import PaymentRefundRequested, PaymentRequested
+from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRefunded
+from prost.kit import inbox, outbox
+from prost.kit.db import Session
+from prost.kit.messages import Envelope, Event
+from prost.kit.service import EventHandler, Raw, ServiceContext
+from prost.payments import domain, repository
+from prost.payments.provider import Charge, ProviderError, ProviderRejected, Refund, provider_of
+
+log = logging.getLogger("prost.payments")
+
+SERVICE = domain.SERVICE
+
+T = TypeVar("T")
+
+
+def _extra(**fields: object) -> dict[str, object]:
+    return {"service": SERVICE, **fields}
+
+
+def outcome_event(payment: domain.Payment) -> Event | None:
+    """The event announcing a settled payment's outcome (None while processing/refunded)."""
+    if payment.status == domain.SUCCEEDED:
+        return PaymentProcessed(
+            order_id=payment.order_id,
+            payment_id=payment.id,
+            amount=payment.amount,
+            currency=payment.currency,
+            last4=payment.last4 or "",
+            brand=payment.brand or "",
+        )
+    if payment.status == domain.FAILED:
+        return PaymentFailed(
+            order_id=payment.order_id, payment_id=payment.id, reason=payment.failure_reason or domain.PAYMENT_ERROR
+        )
+    return None
+
+
+def refunded_event(payment: domain.Payment) -> PaymentRefunded:
+    return PaymentRefunded(
+        order_id=payment.order_id, payment_id=payment.id, amount=payment.amount, currency=payment.currency
+    )
+
+
+def _wrap(event: Event, payment: domain.Payment, caused_by: Envelope | None) -> Envelope:
+    return Envelope.wrap(event, producer=SERVICE, correlation_id=payment.order_id, caused_by=caused_by)
+
+
+# -- talking to the provider -------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """The provider call ended without a result (reason for the logs)."""
+
+
+async def _call_with_retries(
+    ctx: ServiceContext,
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    before_retry: Callable[[], Awaitable[bool]] | None = None,
+) -> T:
+    """`call()` under the policy's timeout; provider errors are retried with backoff.
+
+    `before_retry` runs before every call after the first; False stops (the payment
+    was settled elsewhere meanwhile). Raises `_Failed` when no result came."""
+    policy = domain.RetryPolicy.from_settings(ctx.settings)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    attempt = 0
+    while True:
+        attempt += 1
+        if attempt > 1 and before_retry is not None and not await before_retry():
+            raise _Failed("settled elsewhere while retrying")
+        try:
+            async with asyncio.timeout(policy.call_timeout):
+                return await call()
+        except ProviderError as exc:
+            delay = policy.delay_after(attempt, elapsed=loop.time() - started)
+            if delay is None:
+                raise _Failed(f"provider error on call {attempt}, no retry left: {exc}") from exc
+            log.warning(
+                "%s: provider error on call %d (%s); retrying in %.2f s", what, attempt, exc, delay, extra=_extra()
+            )
+            await asyncio.sleep(delay)
+        except TimeoutError as exc:
+            raise _Failed(f"provider did not answer within {policy.call_timeout:g} s") from exc
+        except ProviderRejected as exc:
+            raise _Failed(f"provider rejected the request: {exc}") from exc
+
+
+# -- charging -------------------------------------------------------------------------
+
+
+async def charge_requested_payment(envelope: Envelope, ctx: ServiceContext) -> None:
+    request = PaymentRequested.model_validate(envelope.payload)
+    problem = domain.request_problem(amount=request.amount, currency=request.currency)
+    async with ctx.engine.begin() as session:
+        if await inbox.seen(session, SERVICE, envelope.event_id):
+            return
+        if problem is not None:
+            await _refuse_request(session, request, problem, envelope)
+            return
+        payment, created = await repository.add_or_get(
+            session,
+            order_id=request.order_id,
+            user_id=request.user_id,
+            amount=request.amount,
+            currency=request.currency,
+            idempotency_key=request.idempotency_key or domain.provider_key(request.order_id),
+            card_token=request.payment_token,
+        )
+        if payment.is_settled:
+            # Another request for an order already charged (or refused): the same answer again.
+            await inbox.record(session, SERVICE, envelope.event_id)
+            if (event := outcome_event(payment)) is not None:
+                await outbox.add_to_outbox(session, _wrap(event, payment, envelope))
+            log.info(
+                "payment %s for order %s already %s; answered again",
+                payment.id,
+                payment.order_id,
+                payment.status,
+                extra=_extra(),
+            )
+            return
+        if not created:
+            # Redelivered after a crash (or a duplicate in flight): this call counts too.
+            await repository.begin_attempt(session, payment_id=payment.id)
+    await settle_charge(ctx, payment, caused_by=envelope)
+
+
+async def _refuse_request(session: Session, request: PaymentRequested, problem: str, envelope: Envelope) -> None:
+    """A request no provider could charge: answer `payment_error`, store nothing."""
+    await inbox.record(session, SERVICE, envelope.event_id)
+    event = PaymentFailed(order_id=request.order_id, payment_id=uuid.uuid4(), reason=domain.PAYMENT_ERROR)
+    await outbox.add_to_outbox(
+        session, Envelope.wrap(event, producer=SERVICE, correlation_id=request.order_id, caused_by=envelope)
+    )
+    log.error("payment request for order %s refused: %s", request.order_id, problem, extra=_extra())
+
+
+async def settle_charge(
+    ctx: ServiceContext, payment: domain.Payment, *, caused_by: Envelope | None
+) -> domain.Payment | None:
+    """Steps 2 and 3 of a charge whose first attempt is already counted. Returns the
+    settled payment, or None when another worker settled it first."""
+    provider = provider_of(ctx)
+
+    async def charge() -> Charge:
+        return await provider.charge(
+            token=payment.card_token,
+            amount=payment.amount,
+            currency=payment.currency,
+            idempotency_key=payment.idempotency_key,
+        )
+
+    async def count_attempt() -> bool:
+        async with ctx.engine.begin() as session:
+            return await repository.begin_attempt(session, payment_id=payment.id)
+
+    what = f"payment {payment.id} for order {payment.order_id}"
+    try:
+        result: Charge | None = await _call_with_retries(ctx, charge, what=what, before_retry=count_attempt)
+        problem = None
+    except _Failed as exc:
+        result, problem = None, str(exc)
+
+    async with ctx.engine.begin() as session:
+        if caused_by is not None and not await inbox.record(session, SERVICE, caused_by.event_id):
+            return None
+        if result is None:
+            settled = await repository.settle(
+                session, payment_id=payment.id, status=domain.FAILED, failure_reason=domain.PAYMENT_ERROR
+            )
+        elif result.succeeded:
+            settled = await repository.settle(
+                session,
+                payment_id=payment.id,
+                status=domain.SUCCEEDED,
+                charge_id=result.charge_id,
+                last4=result.last4,
+                brand=result.brand,
+            )
+        else:
+            settled = await repository.settle(
+                session,
+                payment_id=payment.id,
+                status=domain.FAILED,
+                failure_reason=domain.failure_reason(result.decline_code),
+                charge_id=result.charge_id,
+                last4=result.last4,
+                brand=result.brand,
+            )
+        if settled is None:
+            return None  # settled by a concurrent delivery or the resumer; it announced it
+        event = outcome_event(settled)
+        if event is not None:
+            await outbox.add_to_outbox(session, _wrap(event, settled, caused_by))
+
+    if problem is not None:
+        log.warning("%s failed: payment_error (%s)", what, problem, extra=_extra())
+    else:
+        log.info(
+            "%s %s%s",
+            what,
+            settled.status,
+            f" ({settled.failure_reason})" if settled.failure_reason else "",
+            extra=_extra(),
+        )
+    if settled.status == domain.SUCCEEDED and settled.refund_requested_at is not None:
+        # A refund was asked for while the charge was still running: do it now.
+        await complete_refund(ctx, settled, caused_by=None)
+    return settled
+
+
+# -- refunding ------------------------------------------------------------------------
+
+
+async def refund_requested_payment(envelope: Envelope, ctx: ServiceContext) -> None:
+    request = PaymentRefundRequested.model_validate(envelope.payload)
+    async with ctx.engine.begin() as session:
+        if await inbox.seen(session, SERVICE, envelope.event_id):
+            return
+        payment = await repository.get_by_order(session, order_id=request.order_id, for_update=True)
+        if payment is not None and request.payment_id is not None and payment.id != request.payment_id:
+            payment = None
+        action = domain.refund_action(payment.status if payment is not None else None)
+        if payment is not None and action in (domain.RefundAction.REFUND, domain.RefundAction.DEFER):
+            payment = await repository.note_refund_request(session, payment_id=payment.id, reason=request.reason)
+        if action is not domain.RefundAction.REFUND or payment is None:
+            # Nothing to give back now: settled here (a deferred refund follows the charge).
+            await inbox.record(session, SERVICE, envelope.event_id)
+            if action is domain.RefundAction.ALREADY_REFUNDED and payment is not None:
+                await outbox.add_to_outbox(session, _wrap(refunded_event(payment), payment, envelope))
+            log.info("refund for order %s: %s", request.order_id, action.value, extra=_extra())
+            return
+        # REFUND: the inbox record waits for the refund's outcome, so a crash before it
+        # means a redelivery, and the provider returns the same refund.
+    try:
+        await complete_refund(ctx, payment, caused_by=envelope)
+    except _Failed as exc:
+        # The bus retries the message; the resumer takes over if it is parked.
+        raise RuntimeError(f"refund of payment {payment.id} not done yet: {exc}") from exc
+
+
+async def complete_refund(
+    ctx: ServiceContext, payment: domain.Payment, *, caused_by: Envelope | None
+) -> domain.Payment | None:
+    """Refund a succeeded charge at the provider, then record it and announce it.
+    Raises `_Failed` when the provider gave no result (nothing is recorded then)."""
+    charge_id = payment.provider_charge_id
+    if charge_id is None:
+        raise _Failed("the payment has no provider charge")
+    provider = provider_of(ctx)
+
+    async def refund() -> Refund:
+        return await provider.refund(charge_id=charge_id, idempotency_key=domain.refund_key(payment.idempotency_key))
+
+    result = await _call_with_retries(ctx, refund, what=f"refund of payment {payment.id}")
+    async with ctx.engine.begin() as session:
+        if caused_by is not None and not await inbox.record(session, SERVICE, caused_by.event_id):
+            return None
+        refunded = await repository.mark_refunded(session, payment_id=payment.id, refund_id=result.refund_id)
+        if refunded is None:
+            return None  # refunded by a concurrent request
+        await outbox.add_to_outbox(session, _wrap(refunded_event(refunded), refunded, caused_by))
+    log.info("payment %s for order %s refunded", refunded.id, refunded.order_id, extra=_extra())
+    return refunded
+
+
+# -- the resumer ----------------------------------------------------------------------
+
+
+async def resume_once(ctx: ServiceContext, *, older_than: float | None = None) -> int:
+    """Drive on charges and refunds that stalled (their handler crashed, their message
+    was parked); returns how many it took. Safe with replicas (SKIP LOCKED + lease)."""
+    stalled_after = domain.RetryPolicy.from_settings(ctx.settings).stalled_after if older_than is None else older_than
+    async with ctx.engine.begin() as session:
+        charges = await repository.claim_stalled_charges(session, older_than=stalled_after)
+    async with ctx.engine.begin() as session:
+        refunds = await repository.claim_pending_refunds(session, older_than=stalled_after)
+    for payment in charges:
+        log.warning(
+            "payment %s for order %s stalled while processing; resuming", payment.id, payment.order_id, extra=_extra()
+        )
+        async with ctx.engine.begin() as session:
+            if not await repository.begin_attempt(session, payment_id=payment.id):
+                continue
+        await settle_charge(ctx, payment, caused_by=None)
+    for payment in refunds:
+        log.warning(
+            "refund of payment %s for order %s is pending; resuming", payment.id, payment.order_id, extra=_extra()
+        )
+        try:
+            await complete_refund(ctx, payment, caused_by=None)
+        except _Failed as exc:
+            log.warning("refund of payment %s still not done: %s", payment.id, exc, extra=_extra())
+    return len(charges) + len(refunds)
+
+
+async def resume_unsettled_payments(ctx: ServiceContext) -> None:
+    """Background loop: `resume_once` every sweep interval."""
+    while True:
+        await asyncio.sleep(max(ctx.settings.sweep_interval_seconds, 0.5))
+        await resume_once(ctx)
+
+
+SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+    "payment.requested": Raw(charge_requested_payment),
+    "payment.refund_requested": Raw(refund_requested_payment),
+}
