@@ -342,7 +342,7 @@ async def list_holds(session: Session, *, cart_id: uuid.UUID) -> list[Hold]:
             sa.select(_R.c.product_id, _R.c.quantity, status.label("status"), _R.c.expires_at)
             .where(_R.c.kind == "cart_hold", _R.c.owner_id == cart_id)
             .order_by(_R.c.product_id, live_first, _R.c.updated_at.desc())
-            .distinct(_R.c.product_id)
+            .ext(pg.distinct_on(_R.c.product_id))
         )
     ).all()
     return [Hold(r.product_id, r.quantity, r.status, r.expires_at) for r in rows]

@@ -11,8 +11,9 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from helpers import admin_token, bearer
 from prost.catalog.repository import CategoryRepository, ProductRepository
+
+from helpers import admin_token, bearer
 
 
 def tag() -> str:
