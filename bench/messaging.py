@@ -314,7 +314,7 @@ async def delete_broker_objects(url: str, bus: RabbitMQBus, service: str) -> Non
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        names = [service, bus.dead_queue(service)] + [bus.retry_queue(service, d) for d in bus.retry_delays_ms()]
+        names = [service, bus.dead_queue(service)] + [bus.retry_queue(service, d) for d in set(bus.retry_delays_ms())]
         for name in names:
             with contextlib.suppress(Exception):
                 await channel.queue_delete(name)

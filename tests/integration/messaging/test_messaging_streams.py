@@ -33,6 +33,11 @@ from prost.kit.messages import Envelope
 
 pytestmark = pytest.mark.usefixtures("schemas")
 
+# Streams share the machine's PostgreSQL with whatever else runs: a handler may meet
+# "too many clients" for a moment. More attempts and fewer handlers at once keep such
+# a moment from parking events, which would be right but not what these cases test.
+PATIENT = {"max_delivery_attempts": 8, "prefetch": 16}
+
 
 class Counting(MessageBus):
     """Passes publishes through and remembers what was confirmed (per relay)."""
@@ -100,9 +105,9 @@ async def assert_each_counted_once(
 async def test_two_relays_over_ten_thousand_rows_publish_every_row_once(engine: AsyncEngine, harness: Harness) -> None:
     await clear_outbox(engine, "msg_a")
     service = harness.service("orders")
-    bus = await harness.bus()
+    bus = await harness.bus(**PATIENT)
     await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
-    first, second = Counting(bus), Counting(await harness.new_bus())
+    first, second = Counting(bus), Counting(await harness.new_bus(**PATIENT))
     stream = [envelope("order.placed", n=n) for n in range(10_000)]
 
     async with running(relay_for(engine, first, "msg_a"), relay_for(engine, second, "msg_a")):
@@ -125,12 +130,12 @@ async def test_relays_over_two_schemas_at_once_each_publish_their_own(engine: As
     await clear_outbox(engine, "msg_a")
     await clear_outbox(engine, "msg_b")
     service = harness.service("audit")
-    bus = await harness.bus()
+    bus = await harness.bus(**PATIENT)
     await bus.consume(service, ["#"], counting_handler(engine, "msg_a", service))
     from_a = [envelope("stock.reserved", producer="msg_a", n=n) for n in range(300)]
     from_b = [envelope("payment.processed", producer="msg_b", n=n) for n in range(300)]
     relay_a = relay_for(engine, Counting(bus), "msg_a", poll_seconds=3600)  # only NOTIFY can wake them
-    relay_b = relay_for(engine, Counting(await harness.new_bus()), "msg_b", poll_seconds=3600)
+    relay_b = relay_for(engine, Counting(await harness.new_bus(**PATIENT)), "msg_b", poll_seconds=3600)
 
     async with running(relay_a, relay_b):
         await asyncio.gather(write_stream(engine, from_a, chunk=25), write_stream(engine, from_b, chunk=30))
@@ -157,7 +162,7 @@ async def _listen_backends(engine: AsyncEngine) -> list[int]:
 async def test_relay_listens_again_after_its_connection_drops(engine: AsyncEngine, harness: Harness) -> None:
     await clear_outbox(engine, "msg_a")
     service = harness.service("orders")
-    bus = await harness.bus()
+    bus = await harness.bus(**PATIENT)
     await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
     relay = relay_for(engine, bus, "msg_a", poll_seconds=3600)  # only NOTIFY can wake it
 
@@ -226,8 +231,8 @@ async def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(engine: Asy
     await clear_outbox(engine, "msg_a")
     harness = Harness("rabbitmq", rabbit_maker(broker_url))
     service = harness.service("orders")
-    bus = await harness.bus()
-    consumer_bus = await harness.new_bus()
+    bus = await harness.bus(**PATIENT)
+    consumer_bus = await harness.new_bus(**PATIENT)
     try:
         await consumer_bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
         stream = [envelope("order.placed", n=n) for n in range(600)]

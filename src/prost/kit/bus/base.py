@@ -25,6 +25,15 @@ from prost.kit.messages import Envelope
 Handler = Callable[[Envelope], Awaitable[None]]
 
 
+MAX_RETRY_DELAY_MS = 5 * 60 * 1000
+"""Retry delays double per attempt up to this (RabbitMQ's TTL must stay sane too)."""
+
+
+def retry_delay_ms(attempt: int, base_ms: int) -> int:
+    """How long a message waits after its `attempt`-th failure: base, 2×base, 4×base, ..."""
+    return min(base_ms * (1 << max(0, min(attempt - 1, 40))), MAX_RETRY_DELAY_MS)
+
+
 class PublishError(Exception):
     """Some envelopes were not confirmed; the caller keeps them for a later try.
 

@@ -5,7 +5,7 @@ Layout (all in memory, one process):
 - `consume` starts one worker per call; workers of one service take from the same
   queue (competing consumers), each handling up to `prefetch` messages at once;
 - a failed delivery leaves the worker free and comes back after
-  `retry_base_delay_ms * 2**(attempt-1)`; after `max_delivery_attempts` it is parked
+  `retry_base_delay_ms * 2**(attempt-1)` (at most 5 minutes); after `max_delivery_attempts` it is parked
   as a `DeadLetter` (with the reason) for `dead_letters` / `replay`.
 
 `publish` returns only when every service bound for each envelope has handled it or
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from prost.kit.bus.base import DeadLetter, Handler, MessageBus, PublishError, Unroutable
+from prost.kit.bus.base import DeadLetter, Handler, MessageBus, PublishError, Unroutable, retry_delay_ms
 from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
 
@@ -242,7 +242,7 @@ class MemoryBus(MessageBus):
             service.dead[dead.id] = dead
             delivery.fanout.one_done()
             return
-        delay = self.retry_base_delay_ms * 2 ** (attempts - 1) / 1000
+        delay = retry_delay_ms(attempts, self.retry_base_delay_ms) / 1000
         log.warning(
             "%s: %s %s failed (attempt %d of %d), retrying in %.3f s: %s",
             service.name,

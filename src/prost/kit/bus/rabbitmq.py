@@ -61,7 +61,7 @@ from aio_pika.abc import (
 )
 from pydantic import ValidationError
 
-from prost.kit.bus.base import DeadLetter, Handler, MessageBus, PublishError, Unroutable
+from prost.kit.bus.base import DeadLetter, Handler, MessageBus, PublishError, Unroutable, retry_delay_ms
 from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
 
@@ -149,8 +149,8 @@ class RabbitMQBus(MessageBus):
         return {"x-queue-type": "quorum"} if self.quorum else {}
 
     def retry_delays_ms(self) -> list[int]:
-        """The delay before attempt 2, 3, ..., max: base, 2×base, 4×base, ..."""
-        return [self.retry_base_delay_ms * 2**n for n in range(self.max_delivery_attempts - 1)]
+        """The delay after failure 1, 2, ..., max-1: base, 2×base, 4×base, ... (capped)."""
+        return [retry_delay_ms(n, self.retry_base_delay_ms) for n in range(1, self.max_delivery_attempts)]
 
     @staticmethod
     def retry_queue(service: str, delay_ms: int) -> str:
@@ -173,7 +173,7 @@ class RabbitMQBus(MessageBus):
         queue = await self._declare_queue(topology, service)
         for pattern in key[1]:
             await queue.bind(exchange, routing_key=pattern)
-        for delay in self.retry_delays_ms():
+        for delay in sorted(set(self.retry_delays_ms())):
             await self._declare_queue(
                 topology,
                 self.retry_queue(service, delay),
@@ -314,8 +314,7 @@ class RabbitMQBus(MessageBus):
             headers[DEAD_ID] = uuid.uuid4().hex
             target = self.dead_queue(service)
         else:
-            delays = self.retry_delays_ms()
-            target = self.retry_queue(service, delays[min(attempts, len(delays)) - 1])
+            target = self.retry_queue(service, retry_delay_ms(attempts, self.retry_base_delay_ms))
         copy = aio_pika.Message(
             body=message.body,
             message_id=message.message_id,

@@ -1,4 +1,4 @@
-"""AMQP topic matching as the in-process bus does it (RabbitMQ's rules)."""
+"""Rules both buses share: AMQP topic matching (RabbitMQ's rules) and retry delays."""
 
 from __future__ import annotations
 
@@ -56,3 +56,10 @@ def brute_force(pattern: list[str], key: list[str]) -> bool:
     if head == "#":
         return any(brute_force(rest, key[n:]) for n in range(len(key) + 1))
     return bool(key) and head in ("*", key[0]) and brute_force(rest, key[1:])
+
+
+def test_retry_delays_double_per_attempt_up_to_a_cap() -> None:
+    from prost.kit.bus.base import MAX_RETRY_DELAY_MS, retry_delay_ms
+
+    assert [retry_delay_ms(n, 200) for n in (1, 2, 3, 4)] == [200, 400, 800, 1600]
+    assert retry_delay_ms(40, 200) == MAX_RETRY_DELAY_MS
