@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
-from messaging_support import EFFECTS, SCHEMAS, Harness, make_memory, rabbit_maker
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from messaging_support import EFFECTS, SCHEMAS, Harness, make_memory, rabbit_maker
 
 
 @pytest.fixture(scope="session")

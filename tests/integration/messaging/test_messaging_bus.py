@@ -6,11 +6,12 @@ import asyncio
 import uuid
 
 import pytest
-from messaging_support import ATTEMPTS, Harness, envelope
 
-from helpers import eventually
 from prost.kit.bus.base import Unroutable
 from prost.kit.messages import Envelope
+
+from helpers import eventually
+from messaging_support import ATTEMPTS, Harness, envelope
 
 
 async def test_events_are_routed_by_pattern(harness: Harness) -> None:

@@ -8,14 +8,15 @@ from collections.abc import Sequence
 
 import pytest
 import sqlalchemy as sa
-from messaging_support import Harness, clear_outbox, counting_handler, effects, envelope, record_effect, relay_for
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from helpers import eventually
 from prost.kit import inbox, outbox
 from prost.kit.bus.base import MessageBus, PublishError
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
+
+from helpers import eventually
+from messaging_support import Harness, clear_outbox, counting_handler, effects, envelope, record_effect, relay_for
 
 pytestmark = pytest.mark.usefixtures("schemas")
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-from messaging_support import ATTEMPTS, RETRY_MS, envelope
 
-from helpers import eventually
 from prost.kit.bus.rabbitmq import RabbitMQBus
 from prost.kit.messages import Envelope
+
+from helpers import eventually
+from messaging_support import ATTEMPTS, RETRY_MS, envelope
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -13,6 +13,14 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from prost.kit import outbox
+from prost.kit.bus.base import MessageBus, PublishError
+from prost.kit.bus.memory import MemoryBus
+from prost.kit.messages import Envelope
+
+from helpers import eventually
 from messaging_support import (
     EFFECTS,
     Harness,
@@ -23,13 +31,6 @@ from messaging_support import (
     rabbit_maker,
     relay_for,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from helpers import eventually
-from prost.kit import outbox
-from prost.kit.bus.base import MessageBus, PublishError
-from prost.kit.bus.memory import MemoryBus
-from prost.kit.messages import Envelope
 
 pytestmark = pytest.mark.usefixtures("schemas")
 
