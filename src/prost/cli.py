@@ -253,6 +253,58 @@ def dlq_replay(
     console.print(f"replayed {asyncio.run(run())} message(s) to {service}")
 
 
+# `prost seed` and `prost demo` are clients of a running prost: they use only the public API.
+UrlOption = Annotated[str, typer.Option(help="The gateway of a running prost.")]
+AdminEmailOption = Annotated[str | None, typer.Option(envvar="PROST_ADMIN_EMAIL", help="An admin's email.")]
+AdminPasswordOption = Annotated[
+    str | None, typer.Option(envvar="PROST_ADMIN_PASSWORD", help="That admin's password.", show_default=False)
+]
+
+
+def _admin_credentials(email: str | None, password: str | None) -> tuple[str, str]:
+    if not email or not password:
+        console.print(
+            "[red]an admin account is needed:[/] --admin-email and --admin-password, "
+            "or PROST_ADMIN_EMAIL and PROST_ADMIN_PASSWORD"
+        )
+        raise typer.Exit(2)
+    return email, password
+
+
+@app.command()
+def seed(
+    url: UrlOption = "http://127.0.0.1:8000",
+    admin_email: AdminEmailOption = None,
+    admin_password: AdminPasswordOption = None,
+) -> None:
+    """Load the demo catalog (categories, products with stock) into a running prost; running it twice adds nothing."""
+    from prost.runtime.demo import run_seed
+
+    email, password = _admin_credentials(admin_email, admin_password)
+    raise typer.Exit(asyncio.run(run_seed(url, admin_email=email, admin_password=password)))
+
+
+@app.command()
+def demo(
+    url: UrlOption = "http://127.0.0.1:8000",
+    admin_email: AdminEmailOption = None,
+    admin_password: AdminPasswordOption = None,
+    shoppers: Annotated[int, typer.Option(min=1, max=200, help="Shoppers racing for the last units.")] = 8,
+    units: Annotated[int, typer.Option(min=1, max=100, help="Units on hand in the race.")] = 3,
+    wait: Annotated[float, typer.Option(min=1, help="Seconds to wait for an order's final status.")] = 30.0,
+) -> None:
+    """Walk through a checkout, a declined card and a race for the last units against a running prost.
+
+    Seeds the demo catalog first. Exits 1 if anything differs from what the API promises."""
+    from prost.runtime.demo import run_demo
+
+    email, password = _admin_credentials(admin_email, admin_password)
+    code = asyncio.run(
+        run_demo(url, admin_email=email, admin_password=password, shoppers=shoppers, units=units, wait_seconds=wait)
+    )
+    raise typer.Exit(code)
+
+
 def main() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         app()
