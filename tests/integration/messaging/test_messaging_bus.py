@@ -196,3 +196,25 @@ async def test_consumer_accepts_unknown_envelope_fields(harness: Harness) -> Non
     raw["shiny_new_field"] = {"from": "a newer producer"}
     await bus.publish([Envelope.model_validate(raw)])
     await eventually(lambda: seen == [{"user_id": "u1"}])
+
+
+async def test_a_batch_is_handled_concurrently_not_one_after_another(harness: Harness) -> None:
+    bus = await harness.bus()
+    running, most = 0, 0
+    gate = asyncio.Event()
+
+    async def handle(env: Envelope) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        if running >= 4:
+            gate.set()
+        try:
+            await asyncio.wait_for(gate.wait(), 5)  # hold on until others run beside this one
+        finally:
+            running -= 1
+
+    await bus.consume(harness.service("catalog"), ["product.*"], handle)
+    await bus.publish([envelope("product.updated", n=n) for n in range(8)])
+    await eventually(lambda: running == 0 and most > 0)
+    assert most >= 4
