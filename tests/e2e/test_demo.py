@@ -18,10 +18,11 @@ import httpx
 import pytest
 from rich.console import Console
 
-from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, admin_token, bearer
 from prost.runtime import demo as demo_module
 from prost.runtime.demo import Api, Reporter, run_demo, run_seed, seed
 from prost.runtime.demo_catalog import CATEGORIES, PRODUCTS, DemoCategory, DemoProduct
+
+from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, admin_token, bearer
 
 
 def recording_console() -> Console:
