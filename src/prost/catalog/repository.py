@@ -193,7 +193,8 @@ def list_filters(query: ProductQuery) -> list[sa.ColumnElement[bool]]:
     on `search_grams` finds the candidates (those that have every gram of `q`); `strpos`
     on each field then keeps the true matches. Both lower-case with the database's
     `lower()`, so the index and the check agree on letters beyond ASCII."""
-    where: list[sa.ColumnElement[bool]] = [_P.c.active.is_(True)]
+    # Plain `active` (not `active IS TRUE`): the planner matches it to the partial indexes.
+    where: list[sa.ColumnElement[bool]] = [_P.c.active]
     if query.q is not None:
         needle = sa.func.lower(sa.literal(query.q, sa.Text))
         where.append(_P.c.search_grams.contains(sa.func.catalog.search_query_grams(needle)))
