@@ -178,6 +178,19 @@ async def _undo(cat: Catalog, change: _Change) -> None:
         )
 
 
+@contextlib.asynccontextmanager
+async def _undone_on_failure(cat: Catalog, change: _Change) -> AsyncIterator[None]:
+    """Put the hold back if what follows fails. Used twice around a change: inside the
+    cart lock (a failing statement: undone before another request can touch the line)
+    and outside it (a failing commit)."""
+    try:
+        yield
+    except BaseException:
+        await _undo(cat, change)
+        change.applied = False
+        raise
+
+
 async def set_line(
     ctx: ServiceContext,
     user_id: uuid.UUID,
@@ -192,37 +205,37 @@ async def set_line(
     cat = catalog(ctx)
     known: dict[uuid.UUID, Product] = {}
     change = _Change(product_id=product_id)
-    async with _outbound(ctx):
+    async with (
+        _outbound(ctx),
+        _undone_on_failure(cat, change),  # the commit fails
+        _locked_cart(ctx, user_id) as (session, cart),
+        _undone_on_failure(cat, change),  # a statement fails: undone under the lock
+    ):
+        change.cart_id = cart.id
+        lines = await CartRepository.lines(session, cart_id=cart.id)
+        line = next((x for x in lines if x.product_id == product_id), None)
+        if add is not None:
+            wanted = domain.quantity_after_adding(line.quantity if line else 0, add)
+        else:
+            if line is None:
+                raise domain.LineNotFound()
+            wanted = domain.check_quantity(quantity or 0)
+        # What the catalog holds now for this line (0 when it lapsed: restoring
+        # a lapsed hold would take stock nobody holds any more).
+        change.previous = line.lock_quantity if line is not None and domain.is_held(line, _now()) else 0
+        await _extend_others(cat, session, cart, lines, product_id)
         try:
-            async with _locked_cart(ctx, user_id) as (session, cart):
-                change.cart_id = cart.id
-                lines = await CartRepository.lines(session, cart_id=cart.id)
-                line = next((x for x in lines if x.product_id == product_id), None)
-                if add is not None:
-                    wanted = domain.quantity_after_adding(line.quantity if line else 0, add)
-                else:
-                    if line is None:
-                        raise domain.LineNotFound()
-                    wanted = domain.check_quantity(quantity or 0)
-                # What the catalog holds now for this line (0 when it lapsed: restoring
-                # a lapsed hold would take stock nobody holds any more).
-                change.previous = line.lock_quantity if line is not None and domain.is_held(line, _now()) else 0
-                await _extend_others(cat, session, cart, lines, product_id)
-                try:
-                    hold, product = await cat.set_hold(cart.id, product_id, wanted)
-                except errors.Unavailable:
-                    change.applied = True  # the answer may have been lost after the hold was set
-                    raise
-                change.applied = True
-                domain.check_currency(cart.currency, lines, product)
-                await CartRepository.save_line(session, cart_id=cart.id, product=product, quantity=wanted)
-                await CartRepository.record_hold(session, cart_id=cart.id, hold=hold)
-                first = not any(x.product_id != product_id for x in lines)
-                await CartRepository.touch(session, cart_id=cart.id, currency=product.currency if first else None)
-                known[product_id] = product
-        except BaseException:
-            await _undo(cat, change)
+            hold, product = await cat.set_hold(cart.id, product_id, wanted)
+        except errors.Unavailable:
+            change.applied = True  # the answer may have been lost after the hold was set
             raise
+        change.applied = True
+        domain.check_currency(cart.currency, lines, product)
+        await CartRepository.save_line(session, cart_id=cart.id, product=product, quantity=wanted)
+        await CartRepository.record_hold(session, cart_id=cart.id, hold=hold)
+        first = not any(x.product_id != product_id for x in lines)
+        await CartRepository.touch(session, cart_id=cart.id, currency=product.currency if first else None)
+        known[product_id] = product
     return await _after_change(ctx, user_id, known)
 
 
@@ -230,22 +243,22 @@ async def remove_line(ctx: ServiceContext, user_id: uuid.UUID, product_id: uuid.
     """Release the line's hold and drop the line; removing an absent line is a no-op."""
     cat = catalog(ctx)
     change = _Change(product_id=product_id)
-    async with _outbound(ctx):
-        try:
-            async with _locked_cart(ctx, user_id) as (session, cart):
-                change.cart_id = cart.id
-                lines = await CartRepository.lines(session, cart_id=cart.id)
-                line = next((x for x in lines if x.product_id == product_id), None)
-                if line is not None:
-                    change.previous = line.lock_quantity if domain.is_held(line, _now()) else 0
-                    await _extend_others(cat, session, cart, lines, product_id)
-                    change.applied = change.previous > 0  # a lost answer may hide a done release
-                    await cat.release_hold(cart.id, product_id)
-                    await CartRepository.remove_line(session, cart_id=cart.id, product_id=product_id)
-                    await CartRepository.touch(session, cart_id=cart.id)
-        except BaseException:
-            await _undo(cat, change)
-            raise
+    async with (
+        _outbound(ctx),
+        _undone_on_failure(cat, change),  # the commit fails
+        _locked_cart(ctx, user_id) as (session, cart),
+        _undone_on_failure(cat, change),  # a statement fails: undone under the lock
+    ):
+        change.cart_id = cart.id
+        lines = await CartRepository.lines(session, cart_id=cart.id)
+        line = next((x for x in lines if x.product_id == product_id), None)
+        if line is not None:
+            change.previous = line.lock_quantity if domain.is_held(line, _now()) else 0
+            await _extend_others(cat, session, cart, lines, product_id)
+            change.applied = change.previous > 0  # a lost answer may hide a done release
+            await cat.release_hold(cart.id, product_id)
+            await CartRepository.remove_line(session, cart_id=cart.id, product_id=product_id)
+            await CartRepository.touch(session, cart_id=cart.id)
     return await _after_change(ctx, user_id, {})
 
 
@@ -450,42 +463,43 @@ async def _hold_every_line(cat: Catalog, session: Session, cart: CartRecord, lin
 # -- the re-hold loop -----------------------------------------------------------------
 
 
-async def hold_pending_lines(ctx: ServiceContext, *, batch: int = 20) -> int:
-    """Place holds for lines waiting for one (a failed order reopened their cart).
+async def hold_pending_lines(ctx: ServiceContext) -> bool:
+    """Place holds for the lines of one cart waiting for them (a failed order reopened
+    it). Returns False when no cart is waiting, or the catalog cannot be reached.
 
-    Each cart is taken with `SKIP LOCKED`, so replicas share the work; a catalog that
-    is unreachable leaves the lines `pending` for the next round. Returns the number
-    of carts handled."""
+    The cart is taken with `SKIP LOCKED`, so replicas share the work and a user's own
+    request on that cart simply waits for this one transaction; a catalog that is
+    unreachable leaves the lines `pending` for the next round."""
     cat = catalog(ctx)
-    handled = 0
     async with _outbound(ctx), ctx.engine.begin() as session:
-        for cart_id in await CartRepository.claim_carts_waiting_for_holds(session, limit=batch):
-            lines = [
-                x for x in await CartRepository.lines(session, cart_id=cart_id) if x.lock_status == LockStatus.PENDING
-            ]
-            for line in lines:
-                try:
-                    hold, product = await cat.set_hold(cart_id, line.product_id, line.quantity)
-                except (errors.InsufficientStock, domain.ProductNotFound):
-                    await CartRepository.record_no_hold(
-                        session, cart_id=cart_id, product_ids=[line.product_id], status=LockStatus.UNAVAILABLE
-                    )
-                    continue
-                except errors.Unavailable:
-                    log.warning("catalog unavailable; cart %s keeps waiting for its holds", cart_id)
-                    return handled
-                await CartRepository.record_hold(session, cart_id=cart_id, hold=hold)
-                await CartRepository.save_line(session, cart_id=cart_id, product=product, quantity=line.quantity)
-            handled += 1
-    return handled
+        claimed = await CartRepository.claim_carts_waiting_for_holds(session, limit=1)
+        if not claimed:
+            return False
+        cart_id = claimed[0]
+        lines = [x for x in await CartRepository.lines(session, cart_id=cart_id) if x.lock_status == LockStatus.PENDING]
+        for line in lines:
+            try:
+                hold, product = await cat.set_hold(cart_id, line.product_id, line.quantity)
+            except (errors.InsufficientStock, domain.ProductNotFound):
+                await CartRepository.record_no_hold(
+                    session, cart_id=cart_id, product_ids=[line.product_id], status=LockStatus.UNAVAILABLE
+                )
+                continue
+            except errors.Unavailable:
+                log.warning("catalog unavailable; cart %s keeps waiting for its holds", cart_id)
+                return False  # what was placed so far is recorded (commit)
+            await CartRepository.record_hold(session, cart_id=cart_id, hold=hold)
+            await CartRepository.save_line(session, cart_id=cart_id, product=product, quantity=line.quantity)
+    return True
 
 
 async def hold_pending_lines_forever(ctx: ServiceContext) -> None:
     """Background loop of `hold_pending_lines` (every `PROST_SWEEP_INTERVAL_SECONDS`)."""
     while True:
         try:
-            while await hold_pending_lines(ctx):
-                pass
+            for _ in range(100):  # then let the interval pass, whatever is left
+                if not await hold_pending_lines(ctx):
+                    break
         except errors.DomainError:
             log.warning("re-holding cart lines failed; retrying", exc_info=True)
         await asyncio.sleep(ctx.settings.sweep_interval_seconds)

@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from helpers import admin_token, bearer, register
 from prost.kit import migrations
 from prost.kit.clients import ServiceClients
 from prost.kit.db import create_engine
+
+from helpers import admin_token, bearer, register
 
 Headers = dict[str, str]
 

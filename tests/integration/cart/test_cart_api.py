@@ -13,6 +13,8 @@ import httpx
 import pytest
 from cart_support import admin, available, get_cart, lines, make_product, money, shopper
 
+from prost.cart.repository import CartRepository
+
 from helpers import bearer
 
 
@@ -330,3 +332,22 @@ async def test_concurrent_adds_by_one_user_all_count(client: httpx.AsyncClient) 
     assert [r.status_code for r in results] == [200] * 10
     assert lines(await get_cart(client, h)) == {product["id"]: 10}
     assert await available(client, product["id"]) == 40
+
+
+async def test_a_local_failure_after_the_catalog_said_yes_gives_the_hold_back(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    product = await make_product(client, stock=5)
+    _, h = await shopper(client)
+    await client.post("/api/v1/cart/items", headers=h, json={"product_id": product["id"], "quantity": 1})
+
+    async def database_fails(*_args: object, **_kw: object) -> None:
+        raise RuntimeError("the database went away")
+
+    # The catalog grows the hold to 3, then recording it fails.
+    monkeypatch.setattr(CartRepository, "record_hold", staticmethod(database_fails))
+    r = await client.post("/api/v1/cart/items", headers=h, json={"product_id": product["id"], "quantity": 2})
+    monkeypatch.undo()
+    assert_error(r, 500, "internal_error")
+    assert lines(await get_cart(client, h)) == {product["id"]: 1}
+    assert await available(client, product["id"]) == 4

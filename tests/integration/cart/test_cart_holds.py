@@ -14,9 +14,10 @@ import pytest
 import sqlalchemy as sa
 from cart_support import admin, available, get_cart, lines, make_product, peer_unreachable, shopper, stock
 
-from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, GOOD_CARD, eventually
 from prost.cart.tables import inventory_locks
 from prost.kit.settings import Settings
+
+from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, GOOD_CARD, eventually
 
 
 @pytest.fixture(scope="module")
