@@ -113,10 +113,13 @@ class Gateway:
         request_id = scope.get("state", {}).get("request_id")
         if request_id:
             headers["x-request-id"] = request_id
+        # The gateway is the edge: the services hear the address it resolved (uvicorn's
+        # proxy-header handling already applied any trusted load balancer's header), never
+        # a client's own X-Forwarded-For.
+        headers.pop("x-forwarded-for", None)
         client = scope.get("client")
         if client:
-            prior = headers.get("x-forwarded-for")
-            headers["x-forwarded-for"] = f"{prior}, {client[0]}" if prior else client[0]
+            headers["x-forwarded-for"] = client[0]
         url = base + scope["raw_path"].decode("latin-1") if scope.get("raw_path") else base + scope["path"]
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")

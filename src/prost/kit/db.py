@@ -32,12 +32,15 @@ def async_url(url: str) -> str:
     raise ValueError("PROST_DATABASE_URL must be a postgresql:// URL")
 
 
-def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 15, pool_timeout: float = 10.0) -> AsyncEngine:
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout; a dead connection fails once
+        # (503 to the client) and is replaced.
+        pool_recycle=1800,
+        pool_timeout=pool_timeout,
         # asyncpg prepares statements itself; keep SQLAlchemy's cache on for Core.
         connect_args={"server_settings": {"application_name": "prost"}},
     )

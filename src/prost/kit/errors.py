@@ -180,5 +180,34 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONBody:
+        if is_unavailable(exc):
+            log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
+            return error_response("unavailable", "a service this request needs is unavailable, try again", 503)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response("internal_error", "internal error", 500)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """A database that refuses connections, is full, or went away is a 503, not a bug."""
+    import asyncpg
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(
+            seen,
+            OSError
+            | TimeoutError
+            | asyncpg.TooManyConnectionsError
+            | asyncpg.CannotConnectNowError
+            | asyncpg.ConnectionDoesNotExistError
+            | asyncpg.InterfaceError
+            | sqlalchemy.exc.TimeoutError,
+        ):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
