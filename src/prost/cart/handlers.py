@@ -15,6 +15,7 @@ up or fails event handling.
                      every line `pending` a new hold
     stock.released   kind `cart_hold`: the cart's lines show the lapse; kind `order`
                      for a cancelled checkout: lines that found no stock try again
+    cart.checked_out its own announcement, bound only so that it is always routable
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import uuid
 
 from prost.cart.domain import CartStatus, LockStatus, SagaRecord, SagaStatus, takes_order_events
 from prost.cart.repository import CartRepository, SagaRepository
+from prost.contracts.cart import CartCheckedOut
 from prost.contracts.catalog import StockReleased
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced
 from prost.kit.db import Session
@@ -119,7 +121,15 @@ async def note_released_stock(envelope: Envelope, session: Session, ctx: Service
             )
 
 
+async def acknowledge_own_checkout(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
+    """`cart.checked_out` is announced for whoever wants it (no service does yet). The
+    cart binds it itself so the bus can always route it: an event no queue is bound
+    for stays in the outbox and is retried for ever. Nothing to do on it."""
+    CartCheckedOut.model_validate(envelope.payload)
+
+
 SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+    "cart.checked_out": acknowledge_own_checkout,
     "order.placed": mark_cart_checked_out_for_placed_order,
     "order.confirmed": start_fresh_cart_for_confirmed_order,
     "order.cancelled": reopen_cart_for_cancelled_order,
