@@ -7,12 +7,13 @@ import uuid
 import pytest
 from playwright.async_api import expect
 
-from .conftest import GOOD_CARD, Server, Shop, screenshot
+from .conftest import GOOD_CARD, PHONE, Server, Shop, screenshot
 
 pytestmark = pytest.mark.browser
 
 HOSTILE_NAME = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 HOSTILE_DESCRIPTION = '<b>bold?</b><iframe src="/"></iframe>'
+OVERFLOW = "() => document.scrollingElement.scrollWidth - window.innerWidth"
 
 
 async def test_admin_creates_a_product_and_sees_it_in_the_shop(shop: Shop, prost_server: Server) -> None:
@@ -52,6 +53,9 @@ async def test_admin_creates_a_product_and_sees_it_in_the_shop(shop: Shop, prost
     await row.get_by_role("button", name="Set").click()
     await expect(row.locator("[data-role=available]")).to_have_text("4")
     await screenshot(page, "admin-catalog-desktop")
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await screenshot(page, "admin-catalog-phone")
+    assert await page.evaluate(OVERFLOW) <= 0  # the wide table scrolls inside its own box
 
     await product_form.get_by_role("link", name="See it in the shop").click()
     await expect(main.locator(".page-title")).to_have_text(f"Hefeweizen {tag}")
@@ -72,6 +76,7 @@ async def test_admin_deactivates_a_product_and_it_leaves_the_shop(shop: Shop, pr
     main = shop.page.locator("main")
     await main.get_by_role("searchbox", name="Find a product").fill(tag)
     await main.get_by_role("button", name="Find").click()
+    await expect(main.locator("tbody tr")).to_have_count(1)  # the search's answer is on screen
     row = main.locator("tbody tr", has_text=f"Seasonal {tag}")
     await row.get_by_role("button", name=f"Deactivate Seasonal {tag}").click()
     await row.get_by_role("button", name=f"Confirm: deactivate Seasonal {tag}").click()
@@ -104,6 +109,13 @@ async def test_admin_dashboard_draws_orders_durations_and_low_stock(shop: Shop, 
     await expect(low).to_contain_text(f"Last keg {tag}")
     assert int(await main.locator("[data-role=orders-confirmed] .tile-value").inner_text()) >= 1
     await screenshot(shop.page, "admin-dashboard-desktop")
+    await shop.page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    # The charts redraw at the new width (text keeps its size rather than shrinking with the picture).
+    await shop.page.wait_for_function(
+        "() => [...document.querySelectorAll('svg.chart')].every(s => +s.getAttribute('width') <= 390)"
+    )
+    await screenshot(shop.page, "admin-dashboard-phone")
+    assert await shop.page.evaluate(OVERFLOW) <= 0
 
 
 async def test_a_product_name_with_script_renders_as_text(shop: Shop, prost_server: Server) -> None:

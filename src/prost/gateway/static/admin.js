@@ -190,9 +190,12 @@ export async function catalogAdminView(ctx) {
   }
   const formsArea = h("div", { class: "admin-forms" }, categoryForm(reloadCategories), newProduct.form);
 
+  let loads = 0;
   async function loadTable() {
+    const mine = ++loads; // an older, slower answer must not replace a newer one
     try {
       const list = await api.listProducts({ q, page, page_size: PAGE_SIZE, sort: "-created_at" }, { signal: ctx.signal });
+      if (mine !== loads) return;
       mount(tableArea,
         list.total === 0
           ? h("p", { class: "empty" }, q ? "No products match." : "No products yet: create the first one above.")
@@ -207,7 +210,7 @@ export async function catalogAdminView(ctx) {
           loadTable();
         }));
     } catch (err) {
-      if (err?.name !== "AbortError") mount(tableArea, errorBox(err, "Could not load products"));
+      if (err?.name !== "AbortError" && mine === loads) mount(tableArea, errorBox(err, "Could not load products"));
     }
   }
 

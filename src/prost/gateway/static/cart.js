@@ -44,7 +44,9 @@ function lineItem(ctx, line, editable, reload, messages) {
       event.preventDefault();
       busy(update, async () => {
         try {
-          await api.setCartQuantity(line.product_id, Number.parseInt(qty.input.value, 10) || 0);
+          // Not a number: sent as typed, so the API says what is wrong (never read as 0, which removes).
+          const n = Number.parseInt(qty.input.value, 10);
+          await api.setCartQuantity(line.product_id, Number.isFinite(n) ? n : qty.input.value);
           await reload();
         } catch (err) {
           showError(messages, err, `Could not change ${line.name}`);
@@ -198,7 +200,9 @@ export async function cartView(ctx) {
     for (const line of holds) line.hold.textContent = holdText(line.expiresAt);
   });
   ctx.every(2000, () => {
-    if (lastStatus && lastStatus !== "open") reload({ quiet: true }).catch(() => {}); // only an abort: page left
+    if (lastStatus && lastStatus !== "open") {
+      reload({ quiet: true }).catch((err) => showError(messages, err, "Could not refresh the cart"));
+    }
   });
   return first;
 }

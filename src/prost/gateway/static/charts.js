@@ -7,10 +7,11 @@
 
 import { h, s, uid } from "./dom.js";
 
-const CHAR_WIDTH = 7.2; // rough width of one 13px character, to shorten long labels
+const CHAR_WIDTH = 7.9; // a generous width of one 13px character, to shorten long labels
+const SMALL_CHAR_WIDTH = 6.4; // the same for the 11.5px tick labels
 
-function fit(text, maxWidth) {
-  const max = Math.max(3, Math.floor(maxWidth / CHAR_WIDTH));
+function fit(text, maxWidth, charWidth = CHAR_WIDTH) {
+  const max = Math.max(3, Math.floor(maxWidth / charWidth));
   return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
 }
 
@@ -53,7 +54,7 @@ export function horizontalBars({ title, desc, rows, max: fixedMax = null, valueT
   return (width) => {
     const rowHeight = 30;
     const top = 6;
-    const labelWidth = Math.min(200, Math.round(width * 0.38));
+    const labelWidth = Math.min(200, Math.round(width * (width < 500 ? 0.45 : 0.38)));
     const valueWidth = 64;
     const barSpace = Math.max(40, width - labelWidth - valueWidth - 12);
     const max = fixedMax ?? Math.max(1, ...rows.map((r) => Math.max(r.value, r.track ?? 0)));
@@ -87,15 +88,15 @@ export function histogram({ title, desc, buckets }) {
     const top = 22;
     const plotWidth = width - left - 8;
     const plotHeight = height - top - bottom;
-    const max = Math.max(1, ...buckets.map((b) => b.count));
+    const highest = Math.max(1, ...buckets.map((b) => b.count));
+    // Guides at whole, evenly spaced counts (at most five), and the scale ends on one.
+    const tickStep = Math.max(1, Math.ceil(highest / 4));
+    const max = tickStep * Math.ceil(highest / tickStep);
     const svg = svgRoot(width, height, title, desc);
     const step = plotWidth / buckets.length;
-    // A few horizontal guides with their counts.
-    const ticks = max <= 4 ? max : 4;
-    for (let t = 0; t <= ticks; t += 1) {
-      const value = Math.round((max * t) / ticks);
+    for (let value = 0; value <= max; value += tickStep) {
       const y = top + plotHeight - (value / max) * plotHeight;
-      svg.append(s("line", { x1: left, x2: width - 8, y1: y, y2: y, class: t === 0 ? "axis" : "grid" }));
+      svg.append(s("line", { x1: left, x2: width - 8, y1: y, y2: y, class: value === 0 ? "axis" : "grid" }));
       svg.append(s("text", { x: left - 6, y, class: "chart-tick", "text-anchor": "end", "dominant-baseline": "central" }, String(value)));
     }
     buckets.forEach((b, i) => {
@@ -105,7 +106,7 @@ export function histogram({ title, desc, buckets }) {
       const y = top + plotHeight - barHeight;
       if (b.count > 0) svg.append(s("rect", { x, y, width: barWidth, height: barHeight, rx: 2, class: ["bar", `tone-${b.tone || "primary"}`] }));
       if (b.count > 0) svg.append(s("text", { x: x + barWidth / 2, y: y - 5, class: "chart-value", "text-anchor": "middle" }, String(b.count)));
-      svg.append(s("text", { x: left + i * step + step / 2, y: top + plotHeight + 16, class: "chart-tick", "text-anchor": "middle" }, fit(b.label, step)));
+      svg.append(s("text", { x: left + i * step + step / 2, y: top + plotHeight + 16, class: "chart-tick", "text-anchor": "middle" }, fit(b.label, step, SMALL_CHAR_WIDTH)));
     });
     svg.append(s("text", { x: left + plotWidth / 2, y: height - 4, class: "chart-axis-title", "text-anchor": "middle" }, "seconds from placing to final status"));
     return svg;
