@@ -271,7 +271,7 @@ class OutboxRelay:
                 self._wake.clear()
                 try:
                     claimed, _ = await self._relay_batch()
-                except (PublishError, OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
+                except (PublishError, OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
                     log.warning("outbox %s: publishing failed (%s); retrying in %.1f s", self.schema, exc, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -283,7 +283,7 @@ class OutboxRelay:
                     next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
                     try:
                         purged = await self.purge()
-                    except (OSError, sa.exc.DBAPIError) as exc:
+                    except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
                         log.warning("outbox %s: purge failed: %s", self.schema, exc)
                     else:
                         if purged:
