@@ -157,3 +157,19 @@ async def test_pages_fit_a_phone_screen(phone_shop: Shop, prost_server: Server) 
     await expect(main.locator(".order-status-line .badge")).to_have_text("confirmed", timeout=SAGA_TIMEOUT_MS)
     await screenshot(page, "order-phone")
     assert await page.evaluate(OVERFLOW) <= 0
+
+
+async def test_keyboard_users_skip_to_the_content_and_land_on_each_new_page(shop: Shop) -> None:
+    page = shop.page
+    await shop.open("#/")
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+    await page.keyboard.press("Enter")
+    assert await page.evaluate("() => document.activeElement.matches('main h1')")
+    await page.get_by_role("banner").get_by_role("link", name="Log in").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("main h1")).to_have_text("Log in")
+    await expect(page.locator("main h1")).to_be_focused()
+    # The landmarks a screen reader lists.
+    for role in ("banner", "navigation", "main", "contentinfo"):
+        await expect(page.get_by_role(role).first).to_be_visible()

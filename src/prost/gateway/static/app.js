@@ -210,6 +210,9 @@ async function render() {
       return;
     }
   }
+  // The first page of a visit leaves focus at the top of the document (Tab reaches the
+  // skip link first); after a navigation, focus goes to the new page's heading.
+  if (previousPath === undefined) return;
   const title = main.querySelector(".page-title");
   (title || main).focus({ preventScroll: false });
   if (previousPath !== path) window.scrollTo(0, 0);
