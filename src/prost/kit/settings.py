@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     payment_provider_timeout_seconds: float = 0.0
     payment_max_attempts: int = Field(default=5, ge=1)
     payment_retry_base_ms: int = 200
+    # how long a payments handler keeps its message while the provider works; a slower
+    # call goes on in the background (the in-process bus holds the producer meanwhile)
+    payment_handler_wait_seconds: float = 1.0
     http_client_timeout_seconds: float = 5.0
     gateway_timeout_seconds: float = 10.0
 

@@ -1,4 +1,5 @@
-"""The payments service, wired: its internal route, its subscriptions, its provider, its resumer.
+"""The payments service, wired: its internal route, its subscriptions, its provider, its
+resumer, and the owner of provider work that outlives its message (cancelled at stop).
 
 The provider is the one concrete thing chosen here: the simulated provider of
 API.md's test cards, keeping its records in the payments schema, with
@@ -23,6 +24,6 @@ def definition() -> ServiceDefinition:
         name="payments",
         internal_routers=[api.router],
         subscriptions=handlers.SUBSCRIPTIONS,
-        background=[handlers.resume_unsettled_payments],
+        background=[handlers.resume_unsettled_payments, handlers.cancel_work_in_flight],
         on_startup=[install_provider],
     )

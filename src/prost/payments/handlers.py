@@ -18,13 +18,20 @@ A charge runs in three steps:
 
 A crash between 1 and 3 leaves the event unrecorded: it is delivered again, finds the
 payment still `processing`, calls the provider again with the same key and gets the
-same charge back, never a second one. A message that ends up parked instead leaves a
-`processing` payment that `resume_unsettled_payments` picks up once it has stalled.
+same charge back, never a second one.
+
+The handler keeps its message for at most `payment_handler_wait_seconds` (`InFlight`):
+a provider slower than that (the `...0341` card never answers) finishes steps 2-3 in
+the background, so the in-process bus does not hold the producer's outbox for the
+whole provider timeout. A charge let go like that, or whose message was parked as
+dead, is still `processing` if the process dies: `resume_unsettled_payments` takes it
+up once it has stalled, with the same key again.
 
 A refund is the same shape: note the request; if the charge succeeded, refund it at
 the provider (its own idempotency key), then mark it `refunded` + inbox + event in one
 transaction. A refund asked for while the charge is still processing is noted and
-carried out as soon as the charge succeeds; a second request changes nothing.
+carried out as soon as the charge succeeds. A repeated request changes nothing, but
+hears `payment.refunded` again (orders repeats its request until it hears it).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TypeVar
 
 from prost.contracts.orders import PaymentRefundRequested, PaymentRequested
@@ -87,7 +94,9 @@ def _wrap(event: Event, payment: domain.Payment, caused_by: Envelope | None) -> 
 
 
 class _Failed(Exception):
-    """The provider call ended without a result (reason for the logs)."""
+    """The provider call ended without a result (reason for the logs). Raised from a
+    refund, it leaves the refund pending: the bus retries the message, the resumer
+    takes over if it is let go or parked."""
 
 
 async def _call_with_retries(
@@ -126,6 +135,80 @@ async def _call_with_retries(
             raise _Failed(f"provider rejected the request: {exc}") from exc
 
 
+# -- provider work that outlives its message -----------------------------------------
+
+IN_FLIGHT = "payments.in_flight"
+"""Key of the service's `InFlight` in `ServiceContext.extras`."""
+
+
+class InFlight:
+    """Provider work still running after its handler let the message go.
+
+    A handler waits `payment_handler_wait_seconds` for its charge or refund; a slower
+    one (a provider that hangs, heavy latency) goes on here, so the message is released
+    without waiting for it. The in-process bus only acknowledges a publish once every
+    handler returned: holding the message for the whole provider timeout would hold the
+    producer's outbox (orders: every other order) for as long. The work is not lost if
+    the process dies meanwhile: its payment is `processing` (or has its refund noted)
+    and `resume_unsettled_payments` takes it up once it has stalled.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._let_go: set[asyncio.Task[object]] = set()
+
+    def start(self, work: Coroutine[object, object, object], *, name: str) -> asyncio.Task[object]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def let_go(self, task: asyncio.Task[object]) -> None:
+        """Nobody waits for `task` any more: its failure is logged here."""
+        if not task.done():
+            self._let_go.add(task)
+
+    def _done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if task in self._let_go:
+            self._let_go.discard(task)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("%s failed in the background: %r", task.get_name(), exc, extra=_extra())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def in_flight(ctx: ServiceContext) -> InFlight:
+    work: InFlight = ctx.extras.setdefault(IN_FLIGHT, InFlight())
+    return work
+
+
+async def _finish_or_let_go(ctx: ServiceContext, work: Coroutine[object, object, object], *, what: str) -> None:
+    """Run `work`, waiting for it at most `payment_handler_wait_seconds`; its errors
+    within that time are the handler's (the bus retries the message)."""
+    task = in_flight(ctx).start(work, name=what)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=ctx.settings.payment_handler_wait_seconds)
+    except TimeoutError:
+        in_flight(ctx).let_go(task)
+        log.info("%s: the provider is still busy; finishing in the background", what, extra=_extra())
+
+
+async def cancel_work_in_flight(ctx: ServiceContext) -> None:
+    """Background loop: idles, and cancels detached provider work when the service stops."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await in_flight(ctx).close()
+
+
 # -- charging -------------------------------------------------------------------------
 
 
@@ -148,8 +231,10 @@ async def charge_requested_payment(envelope: Envelope, ctx: ServiceContext) -> N
             card_token=request.payment_token,
         )
         if payment.is_settled:
-            # Another request for an order already charged (or refused): the same answer again.
-            await inbox.record(session, SERVICE, envelope.event_id)
+            # Another request for an order already charged (or refused): the same answer
+            # again, unless this very event was settled meanwhile by a concurrent copy.
+            if not await inbox.record(session, SERVICE, envelope.event_id):
+                return
             if (event := outcome_event(payment)) is not None:
                 await outbox.add_to_outbox(session, _wrap(event, payment, envelope))
             log.info(
@@ -163,12 +248,14 @@ async def charge_requested_payment(envelope: Envelope, ctx: ServiceContext) -> N
         if not created:
             # Redelivered after a crash (or a duplicate in flight): this call counts too.
             await repository.begin_attempt(session, payment_id=payment.id)
-    await settle_charge(ctx, payment, caused_by=envelope)
+    what = f"payment {payment.id} for order {payment.order_id}"
+    await _finish_or_let_go(ctx, settle_charge(ctx, payment, caused_by=envelope), what=what)
 
 
 async def _refuse_request(session: Session, request: PaymentRequested, problem: str, envelope: Envelope) -> None:
     """A request no provider could charge: answer `payment_error`, store nothing."""
-    await inbox.record(session, SERVICE, envelope.event_id)
+    if not await inbox.record(session, SERVICE, envelope.event_id):
+        return
     event = PaymentFailed(order_id=request.order_id, payment_id=uuid.uuid4(), reason=domain.PAYMENT_ERROR)
     await outbox.add_to_outbox(
         session, Envelope.wrap(event, producer=SERVICE, correlation_id=request.order_id, caused_by=envelope)
@@ -266,18 +353,17 @@ async def refund_requested_payment(envelope: Envelope, ctx: ServiceContext) -> N
             payment = await repository.note_refund_request(session, payment_id=payment.id, reason=request.reason)
         if action is not domain.RefundAction.REFUND or payment is None:
             # Nothing to give back now: settled here (a deferred refund follows the charge).
-            await inbox.record(session, SERVICE, envelope.event_id)
+            if not await inbox.record(session, SERVICE, envelope.event_id):
+                return
             if action is domain.RefundAction.ALREADY_REFUNDED and payment is not None:
                 await outbox.add_to_outbox(session, _wrap(refunded_event(payment), payment, envelope))
             log.info("refund for order %s: %s", request.order_id, action.value, extra=_extra())
             return
         # REFUND: the inbox record waits for the refund's outcome, so a crash before it
         # means a redelivery, and the provider returns the same refund.
-    try:
-        await complete_refund(ctx, payment, caused_by=envelope)
-    except _Failed as exc:
-        # The bus retries the message; the resumer takes over if it is parked.
-        raise RuntimeError(f"refund of payment {payment.id} not done yet: {exc}") from exc
+    await _finish_or_let_go(
+        ctx, complete_refund(ctx, payment, caused_by=envelope), what=f"refund of payment {payment.id}"
+    )
 
 
 async def complete_refund(

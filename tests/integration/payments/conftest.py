@@ -24,10 +24,11 @@ def make_ctx(
     engine: AsyncEngine, settings_factory: Callable[..., Settings], provider: SimulatedProvider
 ) -> Callable[..., ServiceContext]:
     """A payments context on the run's database; keyword arguments override settings,
-    `provider=` replaces the simulated provider."""
+    `provider=` replaces the simulated provider. Handlers wait for their provider work
+    here unless a test says otherwise, so a test sees the outcome when they return."""
 
     def make(*, provider: PaymentProvider = provider, **overrides: Any) -> ServiceContext:
-        values: dict[str, Any] = {"payment_retry_base_ms": 10}
+        values: dict[str, Any] = {"payment_retry_base_ms": 10, "payment_handler_wait_seconds": 60}
         values.update(overrides)
         return context(engine, settings_factory(**values), provider)
 

@@ -38,6 +38,8 @@ from prost.payments import handlers
 from prost.payments.provider import SimulatedProvider
 from prost.payments.tables import payments
 
+from helpers import eventually
+
 
 @pytest.mark.parametrize(
     ("number", "status", "reason", "event_type", "attempts"),
@@ -269,6 +271,53 @@ async def test_the_charge_holds_no_transaction_open_during_the_provider_call(
     row = await payment_row(engine, order_of(envelope))
     assert row is not None
     assert row["status"] == "succeeded"
+
+
+async def test_a_slow_provider_call_is_let_go_after_the_wait_and_finished_in_the_background(
+    make_ctx: Callable[..., ServiceContext], provider: SimulatedProvider, engine: AsyncEngine
+) -> None:
+    gated = GatedProvider(provider)
+    ctx = make_ctx(provider=gated, payment_handler_wait_seconds=0.05)
+    token = await provider.tokenize(card(GOOD))
+    envelope = requested(token.token)
+    await handlers.charge_requested_payment(envelope, ctx)  # returns while the call waits
+
+    assert gated.waiting.is_set()
+    row = await payment_row(engine, order_of(envelope))
+    assert row is not None
+    assert row["status"] == "processing"
+    assert len(handlers.in_flight(ctx)) == 1
+    gated.gate.set()
+
+    async def settled() -> bool:
+        row = await payment_row(engine, order_of(envelope))
+        return row is not None and row["status"] == "succeeded"
+
+    await eventually(settled)
+    assert [e.event_type for e in await events_for(engine, order_of(envelope))] == ["payment.processed"]
+    async with engine.connect() as conn:
+        assert await inbox.seen(conn, "payments", envelope.event_id)
+
+
+async def test_work_let_go_and_cut_short_by_a_stop_is_resumed_later(
+    make_ctx: Callable[..., ServiceContext], provider: SimulatedProvider, engine: AsyncEngine
+) -> None:
+    gated = GatedProvider(provider)
+    ctx = make_ctx(provider=gated, payment_handler_wait_seconds=0.05)
+    token = await provider.tokenize(card(DECLINED))
+    envelope = requested(token.token)
+    await handlers.charge_requested_payment(envelope, ctx)
+    await handlers.in_flight(ctx).close()  # the service stops while the provider works
+    row = await payment_row(engine, order_of(envelope))
+    assert row is not None
+    assert row["status"] == "processing"
+
+    await age(engine, order_of(envelope))
+    await handlers.resume_once(make_ctx(), older_than=600)
+    row = await payment_row(engine, order_of(envelope))
+    assert row is not None
+    assert (row["status"], row["failure_reason"]) == ("failed", "payment_declined")
+    assert [e.event_type for e in await events_for(engine, order_of(envelope))] == ["payment.failed"]
 
 
 async def test_a_request_no_provider_could_charge_fails_without_a_charge(
