@@ -48,12 +48,11 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from fastapi.responses import ORJSONResponse
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit.db import Session, schema_metadata
-from prost.kit.errors import Conflict, IdempotencyKeyReused, ValidationFailed
+from prost.kit.errors import Conflict, IdempotencyKeyReused, JSONBody, ValidationFailed
 from prost.kit.service import BackgroundLoop, ServiceContext
 
 log = logging.getLogger("prost.idempotency")
@@ -109,9 +108,9 @@ class StoredResponse:
     status_code: int
     body: Any
 
-    def response(self, headers: dict[str, str] | None = None) -> ORJSONResponse:
+    def response(self, headers: dict[str, str] | None = None) -> JSONBody:
         sent = {"Idempotent-Replayed": "true", **(headers or {})}
-        return ORJSONResponse(self.body, status_code=self.status_code, headers=sent)
+        return JSONBody(self.body, status_code=self.status_code, headers=sent)
 
 
 class IdempotencyStore:

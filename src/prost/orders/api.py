@@ -21,14 +21,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prost.contracts.catalog import StockLine
 from prost.kit import idempotency
 from prost.kit.auth import CurrentUser, Principal, ServiceCaller
 from prost.kit.cards import PaymentCardIn
-from prost.kit.errors import DomainError
+from prost.kit.errors import DomainError, JSONBody
 from prost.kit.service import ServiceContext, context_dependency
 from prost.orders import saga as sg
 from prost.orders.domain import (
@@ -165,7 +164,7 @@ async def place(
     user_id: uuid.UUID,
     cart_id: uuid.UUID | None,
     request: idempotency.IdempotentRequest | None,
-) -> ORJSONResponse:
+) -> JSONBody:
     priced, token = await _quote_and_tokenise(ctx, body)
     now = utcnow()
     async with ctx.engine.begin() as session:
@@ -199,7 +198,7 @@ async def place(
         public = _public_of_new(order_id, user_id, priced, now)
         if request is not None:
             await IDEMPOTENCY.complete(session, request, status_code=202, body=public)
-    return ORJSONResponse(public, status_code=202)
+    return JSONBody(public, status_code=202)
 
 
 def _public_of_new(order_id: uuid.UUID, user_id: uuid.UUID, priced: PricedOrder, now: datetime) -> dict[str, Any]:
@@ -227,14 +226,14 @@ def _public_of_new(order_id: uuid.UUID, user_id: uuid.UUID, priced: PricedOrder,
     return order_public(order, items)
 
 
-async def _existing(orders: OrderRepository, order_id: uuid.UUID, user_id: uuid.UUID) -> ORJSONResponse:
+async def _existing(orders: OrderRepository, order_id: uuid.UUID, user_id: uuid.UUID) -> JSONBody:
     found = await orders.get(order_id)
     if found is None:  # pragma: no cover - it conflicted, so it exists
         raise OrderNotFound()
     order, items = found
     if order["user_id"] != user_id:
         raise OrderIdTaken()
-    return ORJSONResponse(order_public(order, items), status_code=202)
+    return JSONBody(order_public(order, items), status_code=202)
 
 
 @router.post(
@@ -250,7 +249,7 @@ async def place_order(
     ctx: Ctx,
     user: CurrentUser,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=1000)] = None,
-) -> ORJSONResponse:
+) -> JSONBody:
     """Prices come from the catalog now; the card is tokenised (never stored). The order
     starts `pending`; the saga takes it to `confirmed`, `rejected` or `cancelled`."""
     key = idempotency.parse_key(idempotency_key)
@@ -269,7 +268,7 @@ async def place_order(
 
 
 @internal_router.post("", status_code=202)
-async def place_order_for_cart(body: InternalOrderCreate, ctx: Ctx, _caller: ServiceCaller) -> ORJSONResponse:
+async def place_order_for_cart(body: InternalOrderCreate, ctx: Ctx, _caller: ServiceCaller) -> JSONBody:
     """The cart's checkout: idempotent on `order_id` (the same id gives back that order)."""
     async with ctx.engine.connect() as conn:
         orders = OrderRepository(conn)
@@ -292,22 +291,22 @@ async def list_orders(
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     status: StatusName | None = None,
-) -> ORJSONResponse:
+) -> JSONBody:
     async with ctx.engine.connect() as conn:
         rows, total = await OrderRepository(conn).list(
             user_id=None if user.is_admin else user.id, status=status, page=page, page_size=page_size
         )
     items = [order_public(order, lines) for order, lines in rows]
-    return ORJSONResponse({"items": items, "total": total, "page": page, "page_size": page_size})
+    return JSONBody({"items": items, "total": total, "page": page, "page_size": page_size})
 
 
 @router.get("/{order_id}", response_model=OrderPublic, summary="One order (owner or admin)")
-async def get_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> ORJSONResponse:
+async def get_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> JSONBody:
     async with ctx.engine.connect() as conn:
         found = await OrderRepository(conn).get(order_id)
     if found is None or not _visible(found[0]["user_id"], user):
         raise OrderNotFound()
-    return ORJSONResponse(order_public(*found))
+    return JSONBody(order_public(*found))
 
 
 @router.post(
@@ -317,7 +316,7 @@ async def get_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> ORJSONR
     summary="Cancel an order that is not final yet",
     responses={409: {"description": "the order is already confirmed, rejected or cancelled"}},
 )
-async def cancel_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> ORJSONResponse:
+async def cancel_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> JSONBody:
     """The order becomes `cancelled` (`cancelled_by_user`) at once; the saga then
     releases its stock (and refunds a payment that lands later)."""
     now = utcnow()
@@ -330,18 +329,18 @@ async def cancel_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> ORJS
         await sagas.apply(current, decision, caused_by=None, now=now)
         found = await OrderRepository(session).get(order_id)
     assert found is not None
-    return ORJSONResponse(order_public(*found), status_code=202)
+    return JSONBody(order_public(*found), status_code=202)
 
 
 @router.get("/{order_id}/saga", response_model=SagaPublic, summary="The order's saga: steps and compensations")
-async def get_saga(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> ORJSONResponse:
+async def get_saga(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> JSONBody:
     async with ctx.engine.connect() as conn:
         sagas = SagaRepository(conn)
         current = await sagas.get(order_id)
         if current is None or not _visible(current.user_id, user):
             raise OrderNotFound()
         compensations = await sagas.compensations(order_id)
-    return ORJSONResponse(
+    return JSONBody(
         {
             "order_id": str(order_id),
             "status": current.status,

@@ -286,6 +286,9 @@ class SagaRepository:
         if not decision.changed:
             return
         new = decision.saga
+        if new == old:  # only commands (the reservation view): the saga row stays as it is
+            await self._carry_out(new, decision.commands, caused_by=caused_by, now=now, old=old)
+            return
         updated = await self.session.execute(
             sa.update(saga_states)
             .where(saga_states.c.order_id == old.order_id, saga_states.c.version == old.version)

@@ -119,21 +119,19 @@ RUNNING, COMPLETED, FAILED, CANCELLED, TIMED_OUT, EXPIRED = (
 REQUESTED, ACKNOWLEDGED, ABANDONED = "requested", "acknowledged", "abandoned"
 
 
-_RETRY_BASE = timedelta(seconds=2)
-
-
 @dataclass(frozen=True, slots=True)
 class Policy:
     step_timeout: timedelta = timedelta(seconds=30)
-    retry_base: timedelta = _RETRY_BASE
+    retry_base: timedelta = timedelta(seconds=30)
     """First delay before an unacknowledged compensation is sent again; doubles."""
     retry_cap: timedelta = timedelta(minutes=5)
     max_attempts: int = 12
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
+        # A compensation gets as long as a step before it is sent again.
         timeout = timedelta(seconds=settings.saga_step_timeout_seconds)
-        return cls(step_timeout=timeout, retry_base=min(_RETRY_BASE, timeout))
+        return cls(step_timeout=timeout, retry_base=timeout)
 
     def retry_delay(self, attempts: int) -> timedelta:
         delay: timedelta = self.retry_base * (2 ** max(0, attempts - 1))
@@ -332,8 +330,14 @@ def decide(saga: Saga, message: Message, *, now: datetime, policy: Policy) -> De
 
 def on_stock_reserved(saga: Saga, event: StockReserved, *, now: datetime, policy: Policy) -> Decision:
     """Every line is reserved: step 2 begins, `payment.requested` (the catalog extends
-    the reservation when it sees it). For an order that will not be sold, the
-    reservation came too late: release it again."""
+    the reservation when it sees it).
+
+    The order may have been cancelled before this answer arrived. The catalog handles
+    one order's events one at a time and never reserves after a release, so this
+    reservation is the one the pending release frees (its `stock.released` is the
+    acknowledgement still awaited), or one a release already freed: nothing to send.
+    After a rejection (the catalog said it reserved nothing) it would be a participant
+    gone wrong: release it."""
     if saga.step is Step.RESERVING_STOCK:
         lines = tuple(event.lines) or saga.lines
         new = _advance(
@@ -356,9 +360,14 @@ def on_stock_reserved(saga: Saga, event: StockReserved, *, now: datetime, policy
         return Decision(new, (TrackReservation("reserved", lines, event.expires_at), Send(request)))
     if saga.step in (Step.PROCESSING_PAYMENT, Step.CONFIRMED):
         return Decision.nothing(saga, "stock already reserved")
-    # rejected, compensating, compensated: nothing of this order may stay reserved.
+    tracked = TrackReservation("reserved", tuple(event.lines), event.expires_at)
+    release = saga.compensation(Action.RELEASE_STOCK)
+    if release is not None and release.status == REQUESTED:
+        return Decision(saga, (tracked,), note="reserved before the pending release")
+    if release is not None:
+        return Decision.nothing(saga, "reserved before the release that already freed it")
     new, commands = _compensate(saga, Action.RELEASE_STOCK, now=now, policy=policy, again=True)
-    return Decision(new, (TrackReservation("reserved", tuple(event.lines), event.expires_at), *commands))
+    return Decision(new, (tracked, *commands))
 
 
 def on_stock_reservation_failed(
