@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.gateway.edge import install_edge
+from prost.gateway.storefront import mount_storefront
 from prost.kit.auth import TokenAuthority
 from prost.kit.bus.base import MessageBus
 from prost.kit.http import create_service_app
@@ -41,13 +42,5 @@ def create_embedded_app(
     app.state.auth = auth
     app.state.settings = settings
     host.mount(app)
-    mount_pages(app)
-    return app
-
-
-def mount_pages(app: FastAPI) -> None:
-    try:
-        from prost.gateway.storefront import mount_storefront
-    except ImportError:  # the pages are optional to the API
-        return
     mount_storefront(app)
+    return app

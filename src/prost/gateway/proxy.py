@@ -23,6 +23,7 @@ from yarl import URL
 
 from prost.gateway.edge import install_edge
 from prost.gateway.routes import service_for
+from prost.gateway.storefront import mount_storefront
 from prost.kit import errors
 from prost.kit.auth import TokenAuthority
 from prost.kit.http import ReadyCheck, _send_error, create_service_app, install_docs
@@ -172,6 +173,7 @@ def create_gateway_app(
     app.state.auth = auth
     app.state.gateway = gateway
     serve_openapi(app, openapi_schema)
+    mount_storefront(app)
     return app
 
 
