@@ -176,3 +176,11 @@ async def test_cors_allows_configured_origins_only(system: Any) -> None:
         assert r.headers["access-control-allow-origin"] == "https://shop.example"
         r = await client.options("/api/v1/cart/items", headers=pre | {"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+async def test_the_gateway_serves_the_storefront_with_a_strict_policy(gateway: httpx.AsyncClient) -> None:
+    r = await gateway.get("/")
+    assert r.status_code == 200
+    assert "text/html" in r.headers["content-type"]
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
