@@ -8,9 +8,9 @@ stay open across a provider call)::
 
 A charge runs in three steps:
 
-1. one transaction: skip the event if the inbox has it; find or create the order's
-   payment (`processing`, first attempt counted). A payment that is already settled
-   answers again with its recorded outcome (a new request for the same order);
+1. one transaction: find or create the order's payment (`processing`, first attempt
+   counted). A payment already settled answers again with its recorded outcome if
+   the event is new to the inbox (a new request for the same order), else nothing;
 2. no transaction: call the provider with the payment's idempotency key, retrying
    provider errors with backoff (`domain.RetryPolicy`), bounded by a timeout;
 3. one transaction: the outcome (conditional on `processing`), the inbox record and
@@ -216,8 +216,8 @@ async def charge_requested_payment(envelope: Envelope, ctx: ServiceContext) -> N
     request = PaymentRequested.model_validate(envelope.payload)
     problem = domain.request_problem(amount=request.amount, currency=request.currency)
     async with ctx.engine.begin() as session:
-        if await inbox.seen(session, SERVICE, envelope.event_id):
-            return
+        # No inbox lookup first: an event already handled finds its payment settled,
+        # and the inbox record below refuses it a second answer.
         if problem is not None:
             await _refuse_request(session, request, problem, envelope)
             return

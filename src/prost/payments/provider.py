@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -33,7 +34,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from prost.kit import cards
 from prost.kit.service import ServiceContext
@@ -310,6 +311,33 @@ class PostgresLedger:
         provider_charges.c.refund_id,
     )
 
+    @staticmethod
+    def _values(record: ChargeRecord, current: ChargeRecord | None) -> dict[str, object]:
+        values: dict[str, object] = {
+            "charge_id": record.charge_id,
+            "token": record.token,
+            "amount": record.amount,
+            "currency": record.currency,
+            "status": record.status,
+            "decline_code": record.decline_code,
+            "tries": record.tries,
+            "refund_id": record.refund_id,
+            "updated_at": sa.func.now(),
+        }
+        if record.refund_id is not None and (current is None or current.refund_id is None):
+            values["refunded_at"] = sa.func.now()
+        return values
+
+    async def _insert(self, conn: AsyncConnection, record: ChargeRecord) -> bool:
+        t = provider_charges
+        inserted = await conn.execute(
+            pg.insert(t)
+            .values(idempotency_key=record.idempotency_key, **self._values(record, None))
+            .on_conflict_do_nothing(index_elements=[t.c.idempotency_key])
+            .returning(t.c.idempotency_key)
+        )
+        return inserted.first() is not None
+
     async def _update(self, where: sa.ColumnElement[bool], decide: Decide) -> ChargeRecord:
         t = provider_charges
         # Two first calls for one key can both find no row; the loser of the insert
@@ -321,32 +349,27 @@ class PostgresLedger:
                 record = decide(current)
                 if record == current:
                     return record
-                values = {
-                    "charge_id": record.charge_id,
-                    "token": record.token,
-                    "amount": record.amount,
-                    "currency": record.currency,
-                    "status": record.status,
-                    "decline_code": record.decline_code,
-                    "tries": record.tries,
-                    "refund_id": record.refund_id,
-                    "updated_at": sa.func.now(),
-                }
-                if record.refund_id is not None and (current is None or current.refund_id is None):
-                    values["refunded_at"] = sa.func.now()
                 if current is not None:
-                    await conn.execute(sa.update(t).where(t.c.idempotency_key == record.idempotency_key).values(values))
+                    await conn.execute(
+                        sa.update(t)
+                        .where(t.c.idempotency_key == record.idempotency_key)
+                        .values(self._values(record, current))
+                    )
                     return record
-                inserted = await conn.execute(
-                    pg.insert(t)
-                    .values(idempotency_key=record.idempotency_key, **values)
-                    .on_conflict_do_nothing(index_elements=[t.c.idempotency_key])
-                    .returning(t.c.idempotency_key)
-                )
-                if inserted.first() is not None:
+                if await self._insert(conn, record):
                     return record
 
     async def update_charge(self, idempotency_key: str, decide: Decide) -> ChargeRecord:
+        # Most keys are new: try the first call's record straight away (one statement);
+        # a key that exists falls back to reading it under its row lock.
+        try:
+            fresh = decide(None)
+        except ProviderRejected:
+            fresh = None
+        if fresh is not None and fresh.idempotency_key == idempotency_key:
+            async with self.engine.begin() as conn:
+                if await self._insert(conn, fresh):
+                    return fresh
         return await self._update(provider_charges.c.idempotency_key == idempotency_key, decide)
 
     async def update_charge_by_id(self, charge_id: str, decide: Decide) -> ChargeRecord:
@@ -354,6 +377,9 @@ class PostgresLedger:
 
 
 # -- the simulated provider -------------------------------------------------------------
+
+
+CARD_CACHE_SIZE = 10_000
 
 
 class SimulatedProvider:
@@ -371,6 +397,23 @@ class SimulatedProvider:
         self.latency = max(0, latency_ms) / 1000
         self._new_id = new_id
         self._today = today
+        # Vault cards never change: the ones seen lately are kept here (a provider's own
+        # cache), which spares most charges a lookup.
+        self._cards: OrderedDict[str, VaultCard] = OrderedDict()
+
+    def _remember(self, card: VaultCard) -> None:
+        self._cards[card.token] = card
+        self._cards.move_to_end(card.token)
+        if len(self._cards) > CARD_CACHE_SIZE:
+            self._cards.popitem(last=False)
+
+    async def _card(self, token: str) -> VaultCard | None:
+        card = self._cards.get(token)
+        if card is None:
+            card = await self.ledger.card(token)
+            if card is not None:
+                self._remember(card)
+        return card
 
     async def _network(self) -> None:
         if self.latency:
@@ -387,11 +430,12 @@ class SimulatedProvider:
             outcome=outcome_for_card(card.card_number),
         )
         await self.ledger.add_card(stored)
+        self._remember(stored)
         return CardToken(token=stored.token, last4=stored.last4, brand=stored.brand)
 
     async def charge(self, *, token: str, amount: Decimal, currency: str, idempotency_key: str) -> Charge:
         await self._network()
-        card = await self.ledger.card(token)
+        card = await self._card(token)
         if card is not None and card.outcome == NO_ANSWER:
             # The provider takes the request and never answers; only the caller's
             # timeout ends this.
