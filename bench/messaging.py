@@ -242,7 +242,7 @@ def _producer_process(pipe: Connection, database: str, broker: str, exchange: st
 
 
 async def _producer_main(pipe: Connection, database: str, broker: str, exchange: str) -> None:
-    engine = create_engine(database, pool_size=10, max_overflow=10)
+    engine = create_engine(database, pool_size=10, max_overflow=0)
     bus = RabbitMQBus(broker, exchange=exchange, prefetch=64)
     await bus.connect()
     producer = Producer(engine, bus)
@@ -343,7 +343,7 @@ async def main() -> None:
     print(f"raw aio-pika (confirmed publish + manual-ack consume): {raw['rate']:.0f} msg/s")
 
     url, drop = await prepare_database(args.database)
-    engine = create_engine(url, pool_size=20, max_overflow=10)
+    engine = create_engine(url, pool_size=16, max_overflow=0)
     summary: dict[str, Any] = {
         "bench": "messaging",
         "message_bytes": len(body),
