@@ -160,3 +160,18 @@ async def stock_becomes(
         raise AssertionError(
             f"expected stock {stock} / available {available}, got {found['stock']} / {found['available']}"
         ) from None
+
+
+async def compensations_become(
+    client: httpx.AsyncClient, token: str, order_id: str, expected: dict[str, str], *, timeout: float = 20.0
+) -> dict[str, Any]:
+    """The saga view once its compensations are exactly `expected` ({action: status}):
+    a late payment reopens a compensated saga with a refund, so "settled" is not enough."""
+
+    async def check() -> dict[str, Any] | None:
+        view = await saga(client, token, order_id)
+        done = {c["action"]: c["status"] for c in view["compensations"]} == expected
+        return view if done and view["status"] == "compensated" else None
+
+    result: dict[str, Any] = await eventually(check, timeout=timeout)
+    return result
