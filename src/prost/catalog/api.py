@@ -425,10 +425,9 @@ async def set_hold(
     ttl = body.ttl_seconds or ctx.settings.cart_hold_ttl_seconds
 
     async def place(session: Session) -> tuple[inventory.Hold, ProductRow]:
-        hold = await inventory.set_hold(
+        return await inventory.set_hold(
             session, cart_id=cart_id, product_id=product_id, quantity=body.quantity, ttl_seconds=ttl
         )
-        return hold, await ProductRepository(session).get(product_id)
 
     hold, product = await run_in_transaction(ctx.engine, place)
     return HoldPlaced(

@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from prost.catalog import domain
 from prost.catalog.domain import ShortLine, StockState
+from prost.catalog.repository import PRODUCT_COLUMNS, SELECT_PRODUCT, ProductRow, product_row
 from prost.catalog.tables import inventory_reservations, order_stock, products
 from prost.contracts.catalog import StockLine, StockReleased
 from prost.kit import outbox
@@ -198,73 +199,122 @@ class Hold:
     expires_at: datetime | None
 
 
+# The statements of `set_hold`, built once (it is the hottest write path).
+_DUE = _R.alias("due")
+_LOCK_PRODUCT = sa.select(*PRODUCT_COLUMNS).where(_P.c.id == sa.bindparam("p_id")).with_for_update()
+_HOLD_AND_DUE = sa.select(
+    sa.select(sa.func.coalesce(sa.func.sum(_DUE.c.quantity), 0))
+    .where(_DUE.c.product_id == sa.bindparam("p_id"), _DUE.c.status == "active", _DUE.c.expires_at <= sa.func.now())
+    .scalar_subquery()
+    .label("due"),
+    _R.c.id,
+    _R.c.quantity,
+    (_R.c.expires_at > sa.func.now()).label("live"),
+).select_from(
+    sa.select(sa.literal(1).label("one"))
+    .subquery("one")
+    .outerjoin(
+        _R,
+        sa.and_(
+            _R.c.kind == "cart_hold",
+            _R.c.owner_id == sa.bindparam("c_id"),
+            _R.c.product_id == sa.bindparam("p_id"),
+            _R.c.status == "active",
+        ),
+    )
+)
+_BUMP = (
+    sa.update(_P)
+    .where(_P.c.id == sa.bindparam("p_id"))
+    .values(reserved=_P.c.reserved + sa.bindparam("delta", type_=sa.Integer))
+    .returning(_P.c.id)
+    .cte("bump")
+)
+_HOLD_EXPIRES = sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("ttl", type_=sa.Float))
+_INSERT_HOLD = (
+    sa.insert(_R)
+    .from_select(
+        ["id", "kind", "owner_id", "product_id", "quantity", "expires_at"],
+        sa.select(
+            sa.bindparam("h_id", type_=pg.UUID(as_uuid=True)),
+            sa.literal("cart_hold"),
+            sa.bindparam("c_id", type_=pg.UUID(as_uuid=True)),
+            _BUMP.c.id,
+            sa.bindparam("qty", type_=sa.Integer),
+            _HOLD_EXPIRES,
+        ),
+    )
+    .returning(_R.c.expires_at)
+    .add_cte(_BUMP)
+)
+_UPDATE_HOLD = (
+    sa.update(_R)
+    .where(_R.c.id == sa.bindparam("h_id"), _R.c.product_id == _BUMP.c.id)
+    .values(quantity=sa.bindparam("qty", type_=sa.Integer), expires_at=_HOLD_EXPIRES, updated_at=sa.func.now())
+    .returning(_R.c.expires_at)
+    .add_cte(_BUMP)
+)
+
+
 async def set_hold(
     session: Session, *, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int, ttl_seconds: float
-) -> Hold:
+) -> tuple[Hold, ProductRow]:
     """Make the cart's hold on the product exactly `quantity` units (0 removes it),
-    valid for `ttl_seconds` from now. All or nothing: `OutOfStock` changes nothing."""
-    states = await lock_products(session, [product_id])
-    state = states.get(product_id)
-    if state is None or not state.active:
+    valid for `ttl_seconds` from now, and return it with the product as it is now.
+    All or nothing: `OutOfStock` changes nothing.
+
+    The usual case takes three statements: lock the product, read the cart's hold and
+    the product's due units, then move the counter and write the hold in one go."""
+    locked = (await session.execute(_LOCK_PRODUCT, {"p_id": product_id})).first()
+    if locked is None or not locked.active:
         raise domain.ProductNotFound()
-    current = (
-        await session.execute(
-            sa.select(_R.c.id, _R.c.quantity, (_R.c.expires_at > sa.func.now()).label("live")).where(
-                _R.c.kind == "cart_hold",
-                _R.c.owner_id == cart_id,
-                _R.c.product_id == product_id,
-                _R.c.status == "active",
-            )
-        )
-    ).first()
-    held = current.quantity if current is not None and current.live else 0
-    if current is not None and not current.live:
+    state = StockState(product_id, locked.stock, locked.reserved, locked.active)
+    current = (await session.execute(_HOLD_AND_DUE, {"p_id": product_id, "c_id": cart_id})).one()
+    due: int = current.due
+    hold_id: uuid.UUID | None = current.id
+    held = current.quantity if hold_id is not None and current.live else 0
+    if hold_id is not None and not current.live:
         # The cart's own hold ran out and it is placing a new one: end the old one
         # quietly (the cart is the one asking; no `stock.released` for it).
         await session.execute(
             sa.update(_R)
-            .where(_R.c.id == current.id)
+            .where(_R.c.id == hold_id)
             .values(status="expired", end_reason="expired", updated_at=sa.func.now())
         )
         await _add_reserved(session, {product_id: -current.quantity})
-        states = await lock_products(session, [product_id])
-        current = None
+        state = (await lock_products(session, [product_id]))[product_id]
+        due -= current.quantity
+        hold_id = None
     if quantity == 0:
-        if current is not None:
-            await _end_hold(session, current.id, product_id, current.quantity, reason="released")
-        return Hold(product_id, 0, "released", None)
+        if hold_id is not None:
+            await _end_hold(session, hold_id, product_id, current.quantity, reason="released")
+        return Hold(product_id, 0, "released", None), await _product(session, product_id)
     extra = quantity - held
-    states = await _free_after_expiry(session, states, {product_id: extra})
-    state = states[product_id]
     if extra > state.free:
-        raise domain.OutOfStock(f"only {max(0, state.free + held)} available")
-    await _add_reserved(session, {product_id: extra})
-    expires = _seconds(ttl_seconds)
-    if current is not None:
-        row = (
-            await session.execute(
-                sa.update(_R)
-                .where(_R.c.id == current.id)
-                .values(quantity=quantity, expires_at=expires, updated_at=sa.func.now())
-                .returning(_R.c.expires_at)
-            )
-        ).one()
+        expired = await expire_due(session, [product_id])
+        if expired:
+            state = (await lock_products(session, [product_id]))[product_id]
+            due -= sum(e.quantity for e in expired)
+        if extra > state.free:
+            raise domain.OutOfStock(f"only {max(0, state.free + held)} available")
+    values = {"p_id": product_id, "c_id": cart_id, "delta": extra, "qty": quantity, "ttl": float(ttl_seconds)}
+    if hold_id is not None:
+        expires_at = (await session.execute(_UPDATE_HOLD, {**values, "h_id": hold_id})).scalar_one()
     else:
-        row = (
-            await session.execute(
-                sa.insert(_R)
-                .values(
-                    id=uuid.uuid4(),
-                    kind="cart_hold",
-                    owner_id=cart_id,
-                    product_id=product_id,
-                    quantity=quantity,
-                    expires_at=expires,
-                )
-                .returning(_R.c.expires_at)
-            )
-        ).one()
-    return Hold(product_id, quantity, "active", row.expires_at)
+        expires_at = (await session.execute(_INSERT_HOLD, {**values, "h_id": uuid.uuid4()})).scalar_one()
+    reserved = state.reserved + extra
+    product = ProductRow(
+        **{c.name: getattr(locked, c.name) for c in PRODUCT_COLUMNS if c.name not in ("stock", "reserved")},
+        stock=state.stock,
+        reserved=reserved,
+        available=domain.available(stock=state.stock, reserved=reserved, expired_reserved=due),
+    )
+    return Hold(product_id, quantity, "active", expires_at), product
+
+
+async def _product(session: Session, product_id: uuid.UUID) -> ProductRow:
+    row = (await session.execute(SELECT_PRODUCT, {"product_id": product_id})).one()
+    return product_row(row)
 
 
 async def _end_hold(session: Session, hold_id: uuid.UUID, product_id: uuid.UUID, quantity: int, *, reason: str) -> None:

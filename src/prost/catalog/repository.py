@@ -14,6 +14,7 @@ Stock changes that involve reservations live in `inventory.py`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import uuid
@@ -171,6 +172,10 @@ def select_products() -> sa.Select[Any]:
     return sa.select(*PRODUCT_COLUMNS, available_column())
 
 
+SELECT_PRODUCT = select_products().where(_P.c.id == sa.bindparam("product_id"))
+SELECT_PRODUCTS = select_products().where(_P.c.id == sa.func.any(sa.bindparam("product_ids", type_=pg.ARRAY(pg.UUID))))
+
+
 def product_row(row: Any) -> ProductRow:
     return ProductRow(**row._mapping)
 
@@ -185,9 +190,9 @@ _ORDERINGS: dict[str, tuple[sa.ColumnElement[Any], ...]] = {
 }
 
 
-def list_filters(query: ProductQuery) -> list[sa.ColumnElement[bool]]:
-    """The WHERE of a product listing. Only active products are listed, so every
-    listing index is partial on `active`.
+def list_filters(*, q: bool, category: bool, min_price: bool, max_price: bool) -> list[sa.ColumnElement[bool]]:
+    """The WHERE of a product listing, with a bound parameter for each filter given.
+    Only active products are listed, so every listing index is partial on `active`.
 
     `q` is a case-insensitive substring of the name, description or SKU. The GIN index
     on `search_grams` finds the candidates (those that have every gram of `q`); `strpos`
@@ -195,8 +200,8 @@ def list_filters(query: ProductQuery) -> list[sa.ColumnElement[bool]]:
     `lower()`, so the index and the check agree on letters beyond ASCII."""
     # Plain `active` (not `active IS TRUE`): the planner matches it to the partial indexes.
     where: list[sa.ColumnElement[bool]] = [_P.c.active]
-    if query.q is not None:
-        needle = sa.func.lower(sa.literal(query.q, sa.Text))
+    if q:
+        needle = sa.func.lower(sa.bindparam("q", type_=sa.Text))
         where.append(_P.c.search_grams.contains(sa.func.catalog.search_query_grams(needle)))
         where.append(
             sa.or_(
@@ -205,27 +210,47 @@ def list_filters(query: ProductQuery) -> list[sa.ColumnElement[bool]]:
                 sa.func.strpos(sa.func.lower(_P.c.sku), needle) > 0,
             )
         )
-    if query.category_id is not None:
-        where.append(_P.c.category_id == query.category_id)
-    if query.min_price is not None:
-        where.append(_P.c.price >= query.min_price)
-    if query.max_price is not None:
-        where.append(_P.c.price <= query.max_price)
+    if category:
+        where.append(_P.c.category_id == sa.bindparam("category_id", type_=pg.UUID(as_uuid=True)))
+    if min_price:
+        where.append(_P.c.price >= sa.bindparam("min_price", type_=sa.Numeric(12, 2)))
+    if max_price:
+        where.append(_P.c.price <= sa.bindparam("max_price", type_=sa.Numeric(12, 2)))
     return where
 
 
-def list_page_statement(query: ProductQuery) -> sa.Select[Any]:
-    return (
+@functools.cache
+def _list_statements(
+    q: bool, category: bool, min_price: bool, max_price: bool, sort: str
+) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    # Built once per shape: a listing request only binds values (no SQL building or
+    # compiling per request; SQLAlchemy's cache key is memoised on the statement).
+    where = list_filters(q=q, category=category, min_price=min_price, max_price=max_price)
+    page = (
         select_products()
-        .where(*list_filters(query))
-        .order_by(*_ORDERINGS[query.sort])
-        .limit(query.page_size)
-        .offset((query.page - 1) * query.page_size)
+        .where(*where)
+        .order_by(*_ORDERINGS[sort])
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+        .offset(sa.bindparam("offset", type_=sa.Integer))
     )
+    count = sa.select(sa.func.count()).select_from(_P).where(*where)
+    return page, count
 
 
-def list_count_statement(query: ProductQuery) -> sa.Select[Any]:
-    return sa.select(sa.func.count()).select_from(_P).where(*list_filters(query))
+def list_statements(query: ProductQuery) -> tuple[sa.Select[Any], sa.Select[Any], dict[str, Any]]:
+    """The page and total statements of a listing, and the values to run them with."""
+    page, count = _list_statements(
+        query.q is not None,
+        query.category_id is not None,
+        query.min_price is not None,
+        query.max_price is not None,
+        query.sort,
+    )
+    values: dict[str, Any] = {"limit": query.page_size, "offset": (query.page - 1) * query.page_size}
+    for name in ("q", "category_id", "min_price", "max_price"):
+        if (value := getattr(query, name)) is not None:
+            values[name] = value
+    return page, count, values
 
 
 class ProductRepository:
@@ -266,30 +291,28 @@ class ProductRepository:
             raise domain.SkuTaken()
         return await self.get(inserted)
 
-    async def get(self, product_id: uuid.UUID, *, for_update: bool = False) -> ProductRow:
-        found = await self.find(product_id, for_update=for_update)
+    async def get(self, product_id: uuid.UUID) -> ProductRow:
+        found = await self.find(product_id)
         if found is None:
             raise domain.ProductNotFound()
         return found
 
-    async def find(self, product_id: uuid.UUID, *, for_update: bool = False) -> ProductRow | None:
-        stmt = select_products().where(_P.c.id == product_id)
-        if for_update:
-            stmt = stmt.with_for_update(of=_P)
-        row = (await self.session.execute(stmt)).first()
+    async def find(self, product_id: uuid.UUID) -> ProductRow | None:
+        row = (await self.session.execute(SELECT_PRODUCT, {"product_id": product_id})).first()
         return product_row(row) if row is not None else None
 
     async def get_many(self, product_ids: Sequence[uuid.UUID]) -> list[ProductRow]:
         if not product_ids:
             return []
-        rows = (await self.session.execute(select_products().where(_P.c.id.in_(list(product_ids))))).all()
+        rows = (await self.session.execute(SELECT_PRODUCTS, {"product_ids": list(product_ids)})).all()
         return [product_row(r) for r in rows]
 
     async def list(self, query: ProductQuery) -> tuple[list[ProductRow], int]:
-        total = int(await self.session.scalar(list_count_statement(query)) or 0)
+        page, count, values = list_statements(query)
+        total = int(await self.session.scalar(count, values) or 0)
         if total == 0 or (query.page - 1) * query.page_size >= total:
             return [], total
-        rows = (await self.session.execute(list_page_statement(query))).all()
+        rows = (await self.session.execute(page, values)).all()
         return [product_row(r) for r in rows], total
 
     async def update(self, product_id: uuid.UUID, changes: dict[str, Any]) -> ProductRow:

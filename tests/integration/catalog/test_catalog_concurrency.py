@@ -314,7 +314,8 @@ async def test_random_interleavings_keep_the_stock_invariants(
                     await inventory.set_stock(s, product_id=pid, stock=max(0, state.stock + n))
                     return max(0, state.stock + n) - state.stock
 
-                restocked += await run_in_transaction(engine, restock)
+                delta = await run_in_transaction(engine, restock)
+                restocked += delta  # not `+= await`: that reads the total before waiting
         except (domain.OutOfStock, domain.StockBelowReserved):
             pass  # refused as a whole: nothing changed
 
