@@ -8,6 +8,7 @@ outbox rows (see `inventory.py` for the stock rules and the locks).
     payment.requested  extend the order's live reservation to now + TTL (no event)
     order.confirmed    commit: stock goes down → stock.committed {order_id, lines}
     order.cancelled    release → stock.released {kind: order, reason: cancelled, lines}
+    product.created/updated  its own announcements, acknowledged (see below)
 
 Any of them may come twice or out of order. The order's `order_stock` row remembers
 what was done: a repeated `order.placed` repeats the first answer (while it still
@@ -21,7 +22,15 @@ from __future__ import annotations
 import logging
 
 from prost.catalog import inventory
-from prost.contracts.catalog import Shortage, StockCommitted, StockReleased, StockReservationFailed, StockReserved
+from prost.contracts.catalog import (
+    ProductCreated,
+    ProductUpdated,
+    Shortage,
+    StockCommitted,
+    StockReleased,
+    StockReservationFailed,
+    StockReserved,
+)
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced, PaymentRequested
 from prost.kit import outbox
 from prost.kit.db import Session
@@ -95,7 +104,15 @@ async def release_stock_for_cancelled_order(envelope: Envelope, session: Session
         await _announce(session, event, order_id=cancelled.order_id, caused_by=envelope)
 
 
+async def acknowledge_own_product_event(envelope: Envelope, ctx: ServiceContext) -> None:
+    """`product.created` / `product.updated` are announcements no service needs yet; the
+    catalog binds them itself so they are delivered (an event no queue is bound for would
+    stay in the outbox and be retried for ever). Nothing to do, so no inbox row either."""
+
+
 SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+    ProductCreated.TYPE: Raw(acknowledge_own_product_event),
+    ProductUpdated.TYPE: Raw(acknowledge_own_product_event),
     OrderPlaced.TYPE: reserve_stock_for_order,
     PaymentRequested.TYPE: extend_reservation_for_payment,
     OrderConfirmed.TYPE: commit_stock_for_confirmed_order,
