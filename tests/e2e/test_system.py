@@ -240,3 +240,29 @@ async def test_a_killed_service_loses_no_order(shop: Shop, running: ProstProcess
     after = await shop.get_product(product["id"])
     assert after["stock"] == 1000 - confirmed  # conserved: every sale counted once
     assert after["available"] == after["stock"]
+
+
+async def test_a_token_from_before_a_password_change_is_refused_everywhere(shop: Shop) -> None:
+    tag = uuid.uuid4().hex[:10]
+    email, old, new = f"rev-{tag}@prost.test", "password-old-1", "password-new-2"
+    r = await shop.client.post(
+        "/api/v1/users/register", json={"email": email, "username": f"rev_{tag}", "password": old}
+    )
+    assert r.status_code == 201, r.text
+    user_id = r.json()["id"]
+    stale = await shop.login(email, old)
+    r = await shop.client.patch(
+        f"/api/v1/users/profile/{user_id}", json={"password": new, "current_password": old}, headers=bearer(stale)
+    )
+    assert r.status_code == 200, r.text
+
+    async def refused_everywhere() -> bool:
+        codes = [
+            (await shop.client.get(path, headers=bearer(stale))).status_code
+            for path in (f"/api/v1/users/profile/{user_id}", "/api/v1/cart", "/api/v1/orders")
+        ]
+        return codes == [401, 401, 401]
+
+    await eventually(refused_everywhere, timeout=10)
+    fresh = await shop.login(email, new)
+    assert (await shop.client.get("/api/v1/cart", headers=bearer(fresh))).status_code == 200

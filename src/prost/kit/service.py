@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit.auth import TokenAuthority
@@ -79,7 +79,3 @@ def context_dependency(service: str) -> Callable[[Request], ServiceContext]:
     get_context.__name__ = f"{service}_context"
     return get_context
 
-
-def context_type(service: str) -> Any:
-    """`CatalogContext = context_type("catalog")` gives an annotated dependency type."""
-    return Annotated[ServiceContext, Depends(context_dependency(service))]

@@ -30,7 +30,8 @@ from prost.kit.auth import TokenAuthority, TokenRevocations
 from prost.kit.db import create_engine
 from prost.kit.http import create_service_app
 from prost.kit.settings import SERVICES, Settings
-from prost.runtime import registry
+from prost.kit.clients import ServiceClients
+from prost.runtime import registry, revocations
 from prost.runtime.embedded import QuietServer, bind_socket, make_bus
 from prost.runtime.host import ServiceHost
 from prost.runtime.openapi import public_openapi
@@ -79,7 +80,7 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
         if missing:
             raise ConfigurationError("the gateway needs " + ", ".join(f"PROST_{s.upper()}_URL" for s in missing))
         app = create_gateway_app(settings=settings, auth=auth, urls=urls, openapi_schema=public_openapi())
-        await _serve_app(app, settings, stop)
+        await _serve_gateway(app, settings, auth, urls, stop)
         return
 
     if not settings.database_url or not settings.broker_url:
@@ -107,6 +108,29 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
         await host.stop()
         await bus.close()
         await engine.dispose()
+
+
+async def _serve_gateway(
+    app: object, settings: Settings, auth: TokenAuthority, urls: dict[str, str], stop: asyncio.Event
+) -> None:
+    """The gateway refuses revoked tokens too: it follows the same feed as the services
+    (so it needs the broker), but holds no database connection."""
+    assert auth.revocations is not None
+    if not settings.broker_url:
+        raise ConfigurationError("the gateway needs PROST_BROKER_URL (to hear of revoked tokens)")
+    bus = make_bus(settings)
+    await bus.connect()
+    clients = ServiceClients(caller="gateway", urls=urls, auth=auth, timeout=settings.http_client_timeout_seconds)
+    await revocations.listen_for_revocations(bus, auth.revocations)
+    refresher = asyncio.create_task(revocations.keep_snapshot_fresh(clients, auth.revocations))
+    try:
+        await _serve_app(app, settings, stop)
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await clients.close()
+        await bus.close()
 
 
 def parse_replicas(spec: str) -> dict[str, int]:

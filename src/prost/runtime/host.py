@@ -29,6 +29,7 @@ from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
 from prost.kit.service import EventHandler, Raw, ServiceContext, ServiceDefinition
 from prost.kit.settings import Settings
+from prost.runtime import revocations as revocations_feed
 
 log = logging.getLogger("prost.runtime")
 
@@ -145,6 +146,7 @@ class ServiceHost:
             for step in d.on_startup:
                 await step(ctx)
         await self.declare()
+        await self._follow_revocations()
         for d in self.definitions:
             ctx = self.contexts[d.name]
             if d.subscriptions:
@@ -162,6 +164,17 @@ class ServiceHost:
             self._spawn(f"{d.name}.relay", relay.run)
             for loop in d.background:
                 self._spawn(f"{d.name}.{getattr(loop, '__name__', 'loop')}", functools.partial(loop, ctx))
+
+    async def _follow_revocations(self) -> None:
+        """One revocation feed per process: events from the bus, and (unless the users
+        service lives here and loaded them itself) snapshots from the users service."""
+        revocations = self.auth.revocations
+        if revocations is None:
+            return
+        await revocations_feed.listen_for_revocations(self.bus, revocations)
+        if "users" not in self.contexts:
+            clients = next(iter(self.contexts.values())).clients
+            self._spawn("revocations", functools.partial(revocations_feed.keep_snapshot_fresh, clients, revocations))
 
     def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         async def supervised() -> None:

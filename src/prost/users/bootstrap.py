@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from prost.kit.service import ServiceContext, ServiceDefinition
-from prost.users import api, handlers
+from prost.users import api, handlers, internal
 from prost.users.admin import ensure_admin
 from prost.users.repository import LoginAttemptRepository, UserRepository
 
@@ -66,6 +66,7 @@ def definition() -> ServiceDefinition:
     return ServiceDefinition(
         name="users",
         public_routers=[api.router],
+        internal_routers=[internal.router],
         subscriptions=handlers.SUBSCRIPTIONS,
         background=[purge_login_attempts, close_password_pool],
         on_startup=[warm_password_pool, load_token_revocations, ensure_admin_account],

@@ -218,3 +218,26 @@ async def test_a_batch_is_handled_concurrently_not_one_after_another(harness: Ha
     await bus.publish([envelope("product.updated", n=n) for n in range(8)])
     await eventually(lambda: running == 0 and most > 0)
     assert most >= 4
+
+
+async def test_every_listening_process_hears_every_event(harness: Harness) -> None:
+    first, second = await harness.bus(), await harness.new_bus()
+    heard: dict[str, list[str]] = {"first": [], "second": [], "queue": []}
+
+    def recorder(name: str):  # type: ignore[no-untyped-def]
+        async def handle(env: Envelope) -> None:
+            heard[name].append(env.event_type)
+
+        return handle
+
+    key = f"user.credentials_changed_{harness.tag}"
+    await first.listen([key], recorder("first"))
+    await second.listen([key, "other.*"], recorder("second"))
+    await first.consume(harness.service("users"), ["other.thing"], recorder("queue"))
+
+    # Bound only by listeners: still routable, and each listener (not one of them) hears it.
+    await first.publish([envelope(key), envelope(key)])
+    await first.publish([envelope("other.thing")])
+    await eventually(lambda: len(heard["first"]) == 2 and len(heard["second"]) == 3 and len(heard["queue"]) == 1)
+    assert heard["first"] == [key, key]
+    assert sorted(heard["second"]) == sorted([key, key, "other.thing"])

@@ -87,6 +87,13 @@ class MessageBus(abc.ABC):
         """Declare, then start consuming the service's queue in the background."""
 
     @abc.abstractmethod
+    async def listen(self, bindings: Sequence[str], handler: Handler) -> None:
+        """Every listening process gets every matching message: a per-process, non-durable
+        subscription for in-memory views such as token revocations. No retries and no dead
+        letters (a failing handler is logged); what is published while a process is not
+        listening is not replayed to it, so such views also load a snapshot at start."""
+
+    @abc.abstractmethod
     async def is_ready(self) -> bool: ...
 
     @abc.abstractmethod

@@ -99,6 +99,7 @@ class MemoryBus(MessageBus):
         self._inflight: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._fanouts: set[_Fanout] = set()
+        self._listeners: list[tuple[tuple[str, ...], Handler]] = []
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -141,6 +142,26 @@ class MemoryBus(MessageBus):
     async def declare(self, service: str, bindings: Sequence[str]) -> None:
         self._service(service).bindings.update(bindings)
 
+    async def listen(self, bindings: Sequence[str], handler: Handler) -> None:
+        self._listeners.append((tuple(bindings), handler))
+
+    def _notify_listeners(self, envelope: Envelope) -> bool:
+        matched = False
+        for bindings, handler in self._listeners:
+            if any(topic_matches(p, envelope.event_type) for p in bindings):
+                matched = True
+                task = asyncio.create_task(self._call_listener(handler, envelope))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+        return matched
+
+    @staticmethod
+    async def _call_listener(handler: Handler, envelope: Envelope) -> None:
+        try:
+            await handler(envelope)
+        except Exception:
+            log.exception("listener for %s failed", envelope.event_type)
+
     async def consume(self, service: str, bindings: Sequence[str], handler: Handler) -> None:
         await self.declare(service, bindings)
         worker = asyncio.create_task(self._work(self._service(service), handler), name=f"memorybus:{service}")
@@ -153,11 +174,16 @@ class MemoryBus(MessageBus):
             raise PublishError("the bus is closed")
         loop = asyncio.get_running_loop()
         failed: dict[uuid.UUID, PublishError] = {}
+        sent: list[uuid.UUID] = []
         waits: list[tuple[uuid.UUID, asyncio.Future[None]]] = []
         for envelope in envelopes:
             targets = [s for s in self._services.values() if s.wants(envelope.event_type)]
+            listened = self._notify_listeners(envelope)
             if not targets:
-                failed[envelope.event_id] = Unroutable(f"no service is bound for {envelope.event_type!r}")
+                if listened:
+                    sent.append(envelope.event_id)
+                else:
+                    failed[envelope.event_id] = Unroutable(f"no service is bound for {envelope.event_type!r}")
                 continue
             future: asyncio.Future[None] = loop.create_future()
             fanout = _Fanout(future, len(targets))
@@ -167,7 +193,6 @@ class MemoryBus(MessageBus):
                 service.queue.put_nowait(_Delivery(envelope, fanout))
             waits.append((envelope.event_id, future))
 
-        sent: list[uuid.UUID] = []
         if waits:
             results = await asyncio.gather(*(f for _, f in waits), return_exceptions=True)
             for (event_id, _), result in zip(waits, results, strict=True):

@@ -195,6 +195,26 @@ class RabbitMQBus(MessageBus):
         await queue.consume(on_message, no_ack=False)
         self._consumer_channels.append(channel)
 
+    async def listen(self, bindings: Sequence[str], handler: Handler) -> None:
+        connection, _channel, exchange = self._require()
+        channel = await connection.channel()
+        # Exclusive and auto-deleted: it lives exactly as long as this process's connection
+        # (the robust connection declares it again, with its bindings, after a reconnect).
+        queue = await channel.declare_queue(
+            f"prost.listen.{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False
+        )
+        for pattern in sorted(set(bindings)):
+            await queue.bind(exchange, routing_key=pattern)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                await handler(Envelope.from_json(message.body))
+            except Exception:
+                log.exception("listener for %s failed", message.routing_key)
+
+        await queue.consume(on_message, no_ack=True)
+        self._consumer_channels.append(channel)
+
     # -- publishing ------------------------------------------------------------------
 
     @staticmethod
