@@ -27,10 +27,10 @@ from sqlalchemy import text
 
 from prost.kit import migrations
 from prost.kit.auth import TokenAuthority, TokenRevocations
+from prost.kit.clients import ServiceClients
 from prost.kit.db import create_engine
 from prost.kit.http import create_service_app
 from prost.kit.settings import SERVICES, Settings
-from prost.kit.clients import ServiceClients
 from prost.runtime import registry, revocations
 from prost.runtime.embedded import QuietServer, bind_socket, make_bus
 from prost.runtime.host import ServiceHost
