@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     database_url: str | None = None
+    # connections per process: pool size + overflow (embedded: one pool for every service)
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
     broker_url: str | None = None
     rabbitmq_quorum: bool = False
     rabbitmq_prefetch: int = 64

@@ -85,7 +85,7 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
 
     if not settings.database_url or not settings.broker_url:
         raise ConfigurationError("a service process needs PROST_DATABASE_URL and PROST_BROKER_URL")
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
     bus = make_bus(settings)
     await bus.connect()
 

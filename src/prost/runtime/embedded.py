@@ -104,7 +104,7 @@ class System:
         self.progress("applying migrations")
         await migrations.ensure_database(self.database_url)
         await migrations.upgrade(self.database_url, services=[d for d in SERVICES if d in (self.services or SERVICES)])
-        self.engine = create_engine(self.database_url, pool_size=10, max_overflow=20)
+        self.engine = create_engine(self.database_url, pool_size=s.db_pool_size * 2, max_overflow=s.db_max_overflow * 2)
         self.progress("connecting the event bus")
         self.bus = make_bus(s)
         await self.bus.connect()
