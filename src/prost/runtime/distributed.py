@@ -85,7 +85,9 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
 
     if not settings.database_url or not settings.broker_url:
         raise ConfigurationError("a service process needs PROST_DATABASE_URL and PROST_BROKER_URL")
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    engine = create_engine(
+        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+    )
     bus = make_bus(settings)
     await bus.connect()
 
@@ -95,7 +97,13 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
         return True
 
     host = ServiceHost(
-        [registry.definition(name)], settings=settings, engine=engine, bus=bus, auth=auth, urls=peer_urls(settings)
+        [registry.definition(name)],
+        settings=settings,
+        engine=engine,
+        bus=bus,
+        auth=auth,
+        urls=peer_urls(settings),
+        declare_also=registry.definitions(),
     )
     app = create_service_app(name, ready_checks={"database": database_ready, "bus": bus.is_ready})
     app.state.auth = auth

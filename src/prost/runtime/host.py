@@ -98,8 +98,10 @@ class ServiceHost:
         auth: TokenAuthority,
         urls: dict[str, str],
         consumers_per_service: int = 1,
+        declare_also: Sequence[ServiceDefinition] = (),
     ) -> None:
         self.definitions = list(definitions)
+        self.declare_also = list(declare_also)
         self.settings = settings
         self.engine = engine
         self.bus = bus
@@ -133,8 +135,10 @@ class ServiceHost:
                     app.include_router(router)
 
     async def declare(self) -> None:
-        """Bind every service's queue before anything is published."""
-        for d in self.definitions:
+        """Bind every service's queue before anything is published: this process's
+        services, and `declare_also` (in the distributed mode, every service), so an
+        event is never unroutable just because its consumer has not started yet."""
+        for d in [*self.definitions, *self.declare_also]:
             if d.subscriptions:
                 await self.bus.declare(d.name, list(d.subscriptions))
 
