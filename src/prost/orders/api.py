@@ -167,6 +167,18 @@ async def place(
 ) -> JSONBody:
     priced, token = await _quote_and_tokenise(ctx, body)
     now = utcnow()
+    decision = sg.start(
+        order_id=order_id,
+        user_id=user_id,
+        cart_id=cart_id,
+        lines=tuple(StockLine(product_id=line.product_id, quantity=line.quantity) for line in priced.lines),
+        amount=priced.total_amount,
+        currency=priced.currency,
+        payment_token=token["token"],
+        now=now,
+        policy=sg.Policy.from_settings(ctx.settings),
+    )
+    public = _public_of_new(order_id, user_id, priced, now)
     async with ctx.engine.begin() as session:
         if request is not None and (hit := await IDEMPOTENCY.claim(session, request)) is not None:
             return hit.response()
@@ -179,23 +191,11 @@ async def place(
             payment_token=token["token"],
             card_last4=str(token.get("last4") or body.payment.last4),
             card_brand=str(token.get("brand") or body.payment.brand),
+            saga=decision,
             now=now,
         )
         if not created:  # the same order_id, placed concurrently (internal API)
             return await _existing(orders, order_id, user_id)
-        decision = sg.start(
-            order_id=order_id,
-            user_id=user_id,
-            cart_id=cart_id,
-            lines=tuple(StockLine(product_id=line.product_id, quantity=line.quantity) for line in priced.lines),
-            amount=priced.total_amount,
-            currency=priced.currency,
-            payment_token=token["token"],
-            now=now,
-            policy=sg.Policy.from_settings(ctx.settings),
-        )
-        await SagaRepository(session).add(decision)
-        public = _public_of_new(order_id, user_id, priced, now)
         if request is not None:
             await IDEMPOTENCY.complete(session, request, status_code=202, body=public)
     return JSONBody(public, status_code=202)

@@ -4,7 +4,9 @@ Every saga event goes the same way (`advance_saga`): lock the order's saga row, 
 `saga.decide` say what the event means in the saga's current state, write that
 decision (saga row, order status, compensation log, outgoing events) in the inbox's
 transaction. A duplicate, stale or out-of-order event is a decision that changes
-nothing. `stock.committed` only updates the orders' view of the reservation.
+nothing. (`stock.committed` is not consumed: the orders' view of the reservation
+turns `committed` when the order is confirmed, and the catalog's commit of a
+confirmed order is idempotent and certain; one delivery per order saved.)
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from __future__ import annotations
 import logging
 import uuid
 
-from prost.contracts.catalog import StockCommitted, StockReleased, StockReservationFailed, StockReserved
+from prost.contracts.catalog import StockReleased, StockReservationFailed, StockReserved
 from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRefunded
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
 from prost.kit.service import EventHandler, Raw, ServiceContext
 from prost.orders import saga as sg
-from prost.orders.repository import SagaRepository, track_reservation, utcnow
+from prost.orders.repository import SagaRepository, utcnow
 
 log = logging.getLogger("prost.orders.saga")
 
@@ -64,17 +66,10 @@ async def advance_saga(envelope: Envelope, session: Session, ctx: ServiceContext
     await sagas.apply(current, decision, caused_by=envelope, now=now)
 
 
-async def record_stock_committed(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
-    """The catalog turned the reservation into a sale: note it in the orders' view."""
-    event = StockCommitted.model_validate(envelope.payload)
-    await track_reservation(session, event.order_id, sg.TrackReservation("committed"), now=utcnow())
-
-
 SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
     StockReserved.TYPE: advance_saga,
     StockReservationFailed.TYPE: advance_saga,
     StockReleased.TYPE: advance_saga,
-    StockCommitted.TYPE: record_stock_committed,
     PaymentProcessed.TYPE: advance_saga,
     PaymentFailed.TYPE: advance_saga,
     PaymentRefunded.TYPE: advance_saga,

@@ -54,45 +54,72 @@ class OrderRepository:
         payment_token: str,
         card_last4: str,
         card_brand: str,
+        saga: sg.Decision,
         now: datetime,
     ) -> bool:
-        """Insert the order and its lines; False (and nothing written) if `order_id` exists."""
-        inserted = await self.session.execute(
-            pg.insert(orders)
-            .values(
-                id=order_id,
-                user_id=user_id,
-                cart_id=cart_id,
-                status=sg.OrderStatus.PENDING.value,
-                total_amount=priced.total_amount,
-                currency=priced.currency,
-                payment_token=payment_token,
-                card_last4=card_last4,
-                card_brand=card_brand,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=[orders.c.id])
-            .returning(orders.c.id)
+        """Insert the order, its lines and its saga (one statement), then the saga's first
+        event. False, with nothing written, when `order_id` already exists."""
+        new = pg.insert(orders).values(
+            id=order_id,
+            user_id=user_id,
+            cart_id=cart_id,
+            status=sg.OrderStatus.PENDING.value,
+            total_amount=priced.total_amount,
+            currency=priced.currency,
+            payment_token=payment_token,
+            card_last4=card_last4,
+            card_brand=card_brand,
+            created_at=now,
+            updated_at=now,
         )
-        if inserted.first() is None:
-            return False
-        await self.session.execute(
-            sa.insert(order_items),
+        o = new.on_conflict_do_nothing(index_elements=[orders.c.id]).returning(orders.c.id).cte("o")
+        lines = sa.values(
+            sa.column("product_id", pg.UUID(as_uuid=True)),
+            sa.column("position", sa.SmallInteger),
+            sa.column("sku", sa.String),
+            sa.column("name", sa.String),
+            sa.column("quantity", sa.Integer),
+            sa.column("unit_price", sa.Numeric(12, 2)),
+            sa.column("line_total", sa.Numeric(12, 2)),
+            name="lines",
+        ).data(
             [
-                {
-                    "order_id": order_id,
-                    "product_id": line.product_id,
-                    "position": i,
-                    "sku": line.sku,
-                    "name": line.name,
-                    "quantity": line.quantity,
-                    "unit_price": line.unit_price,
-                    "line_total": line.line_total,
-                }
+                (line.product_id, i, line.sku, line.name, line.quantity, line.unit_price, line.line_total)
                 for i, line in enumerate(priced.lines)
-            ],
+            ]
         )
+        # Both inserts select FROM `o`: they write nothing when the order existed.
+        items = (
+            sa.insert(order_items)
+            .from_select(
+                ["order_id", "product_id", "position", "sku", "name", "quantity", "unit_price", "line_total"],
+                sa.select(o.c.id, *lines.c).select_from(o.join(lines, sa.true())),
+            )
+            .cte("i")
+        )
+        state = saga.saga
+        start = (
+            sa.insert(saga_states)
+            .from_select(
+                ["order_id", "step", "status", "deadline", "version", "lines", "steps", "created_at", "updated_at"],
+                sa.select(
+                    o.c.id,
+                    sa.literal(state.step.value, sa.String),
+                    sa.literal(state.status, sa.String),
+                    sa.literal(state.deadline, sa.DateTime(timezone=True)),
+                    sa.literal(state.version, sa.Integer),
+                    sa.literal(_lines_json(state.lines), pg.JSONB),
+                    sa.literal(_steps_json(state.steps), pg.JSONB),
+                    sa.literal(now, sa.DateTime(timezone=True)),
+                    sa.literal(now, sa.DateTime(timezone=True)),
+                ).select_from(o),
+            )
+            .cte("s")
+        )
+        created = await self.session.scalar(sa.select(sa.func.count()).select_from(o).add_cte(items, start))
+        if not created:
+            return False
+        await SagaRepository(self.session).carry_out(state, saga.commands, caused_by=None, now=now)
         return True
 
     async def get(self, order_id: uuid.UUID) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]] | None:
@@ -236,24 +263,6 @@ class SagaRepository:
     def _select(self) -> sa.Select[Any]:
         return sa.select(*_SAGA_COLUMNS).select_from(saga_states.join(orders, orders.c.id == saga_states.c.order_id))
 
-    async def add(self, decision: sg.Decision) -> None:
-        """Store a new saga (from `saga.start`) and send its first event."""
-        s = decision.saga
-        await self.session.execute(
-            sa.insert(saga_states).values(
-                order_id=s.order_id,
-                step=s.step.value,
-                status=s.status,
-                deadline=s.deadline,
-                version=s.version,
-                lines=_lines_json(s.lines),
-                steps=_steps_json(s.steps),
-                created_at=s.steps[0].at,
-                updated_at=s.steps[0].at,
-            )
-        )
-        await self._carry_out(s, decision.commands, caused_by=None, now=s.steps[0].at)
-
     async def get_for_update(self, order_id: uuid.UUID) -> sg.Saga | None:
         """The saga with its row locked until the transaction ends."""
         query = self._select().where(saga_states.c.order_id == order_id).with_for_update(of=saga_states)
@@ -282,31 +291,16 @@ class SagaRepository:
         return [dict(r) for r in rows.mappings()]
 
     async def apply(self, old: sg.Saga, decision: sg.Decision, *, caused_by: Envelope | None, now: datetime) -> None:
-        """Write a decision taken on `old` (whose row this transaction has locked)."""
+        """Write a decision taken on `old` (whose row this transaction has locked): the
+        saga row (only if still at `old.version`), the order's status and the orders'
+        view of the reservation in one statement; then compensations and events."""
         if not decision.changed:
             return
         new = decision.saga
-        if new == old:  # only commands (the reservation view): the saga row stays as it is
-            await self._carry_out(new, decision.commands, caused_by=caused_by, now=now, old=old)
-            return
-        updated = await self.session.execute(
-            sa.update(saga_states)
-            .where(saga_states.c.order_id == old.order_id, saga_states.c.version == old.version)
-            .values(
-                step=new.step.value,
-                status=new.status,
-                deadline=new.deadline,
-                version=new.version,
-                steps=_steps_json(new.steps) if new.steps != old.steps else saga_states.c.steps,
-                payment_id=new.payment_id,
-                reservation_expires_at=new.reservation_expires_at,
-                updated_at=now,
-            )
-        )
-        if updated.rowcount != 1:
-            raise StaleSaga(f"saga {old.order_id} is no longer at version {old.version}")
+        tracked = [c for c in decision.commands if isinstance(c, sg.TrackReservation)]
+        writes: list[sa.CTE] = [_track(old.order_id, c, now=now).cte(f"r{i}") for i, c in enumerate(tracked)]
         if (new.order_status, new.failure_reason) != (old.order_status, old.failure_reason):
-            await self.session.execute(
+            writes.append(
                 sa.update(orders)
                 .where(orders.c.id == old.order_id)
                 .values(
@@ -314,10 +308,34 @@ class SagaRepository:
                     failure_reason=new.failure_reason.value if new.failure_reason else None,
                     updated_at=now,
                 )
+                .returning(orders.c.id)
+                .cte("o")
             )
-        await self._carry_out(new, decision.commands, caused_by=caused_by, now=now, old=old)
+        if new != old:
+            moved = (
+                sa.update(saga_states)
+                .where(saga_states.c.order_id == old.order_id, saga_states.c.version == old.version)
+                .values(
+                    step=new.step.value,
+                    status=new.status,
+                    deadline=new.deadline,
+                    version=new.version,
+                    steps=_steps_json(new.steps) if new.steps != old.steps else saga_states.c.steps,
+                    payment_id=new.payment_id,
+                    reservation_expires_at=new.reservation_expires_at,
+                    updated_at=now,
+                )
+                .returning(saga_states.c.order_id)
+                .cte("s")
+            )
+            count = await self.session.scalar(sa.select(sa.func.count()).select_from(moved).add_cte(*writes))
+            if count != 1:
+                raise StaleSaga(f"saga {old.order_id} is no longer at version {old.version}")
+        elif writes:
+            await self.session.execute(sa.select(sa.func.count()).select_from(writes[0]).add_cte(*writes[1:]))
+        await self.carry_out(new, decision.commands, caused_by=caused_by, now=now, old=old)
 
-    async def _carry_out(
+    async def carry_out(
         self,
         new: sg.Saga,
         commands: Sequence[sg.Command],
@@ -337,7 +355,7 @@ class SagaRepository:
                     envelopes.append(envelope)
                     sent_for[action] = envelope.event_id
                 case sg.TrackReservation():
-                    await self._track(new.order_id, command, now=now)
+                    pass  # written with the saga row (`apply`)
         # The compensation log follows the saga's state: written before the event is
         # sent (same transaction as the outbox row, which the relay publishes later).
         before = old.compensations if old is not None else {}
@@ -383,17 +401,14 @@ class SagaRepository:
         )
         await self.session.execute(stmt)
 
-    async def _track(self, order_id: uuid.UUID, command: sg.TrackReservation, *, now: datetime) -> None:
-        await track_reservation(self.session, order_id, command, now=now)
 
-
-async def track_reservation(
-    session: Session, order_id: uuid.UUID, command: sg.TrackReservation, *, now: datetime
-) -> None:
-    """Keep `inventory_reservations` (the orders' view of the catalog's reservation)."""
+def _track(order_id: uuid.UUID, command: sg.TrackReservation, *, now: datetime) -> Any:
+    """The statement keeping `inventory_reservations` (the orders' view of the catalog's
+    reservation for the order): lines `reserved` until `expires_at`, then `committed`
+    (the order was confirmed: the catalog commits them) or `released`."""
     t = inventory_reservations
-    if command.status == "reserved" and command.lines:
-        stmt = pg.insert(t).values(
+    if command.status == "reserved":
+        insert = pg.insert(t).values(
             [
                 {
                     "order_id": order_id,
@@ -407,15 +422,16 @@ async def track_reservation(
                 for line in command.lines
             ]
         )
-        stmt = stmt.on_conflict_do_update(
+        return insert.on_conflict_do_update(
             index_elements=[t.c.order_id, t.c.product_id],
-            set_={"status": "reserved", "expires_at": stmt.excluded.expires_at, "updated_at": now},
-        )
-        await session.execute(stmt)
-    elif command.status in ("committed", "released"):
-        await session.execute(
-            sa.update(t).where(t.c.order_id == order_id).values(status=command.status, updated_at=now)
-        )
+            set_={"status": "reserved", "expires_at": insert.excluded.expires_at, "updated_at": now},
+        ).returning(t.c.order_id)
+    return (
+        sa.update(t)
+        .where(t.c.order_id == order_id)
+        .values(status=command.status, updated_at=now)
+        .returning(t.c.order_id)
+    )
 
 
 def utcnow() -> datetime:

@@ -221,7 +221,7 @@ class Compensate:
 class TrackReservation:
     """Keep the orders' view of the catalog's reservation for this order."""
 
-    status: str  # reserved | committed | released
+    status: str  # reserved | committed (the order was confirmed) | released
     lines: tuple[StockLine, ...] = ()
     expires_at: datetime | None = None
 
@@ -424,7 +424,7 @@ def on_payment_processed(saga: Saga, event: PaymentProcessed, *, now: datetime, 
         confirmed = OrderConfirmed(
             order_id=saga.order_id, user_id=saga.user_id, cart_id=saga.cart_id, lines=list(saga.lines)
         )
-        return Decision(new, (Send(confirmed),))
+        return Decision(new, (TrackReservation("committed"), Send(confirmed)))
     if saga.step is Step.CONFIRMED or saga.step is Step.RESERVING_STOCK:
         return Decision.nothing(
             saga, "payment already taken" if saga.step is Step.CONFIRMED else "payment not requested yet"

@@ -104,6 +104,16 @@ async def client_of(running: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=running.url, timeout=30)
 
 
+async def reservation_view(engine: AsyncEngine, order_id: str) -> list[tuple[str, int, str]]:
+    """The orders' own view of what the catalog reserved for the order."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text("SELECT product_id, quantity, status FROM orders.inventory_reservations WHERE order_id = :o"),
+            {"o": uuid.UUID(order_id)},
+        )
+        return [(str(p), q, s) for p, q, s in rows]
+
+
 def actions(view: dict[str, Any]) -> dict[str, str]:
     return {c["action"]: c["status"] for c in view["compensations"]}
 
@@ -112,12 +122,15 @@ def actions(view: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.usefixtures("system")
-async def test_the_good_card_confirms_and_the_stock_is_committed(client: httpx.AsyncClient) -> None:
+async def test_the_good_card_confirms_and_the_stock_is_committed(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
     item = await make_product(client, stock=5)
     _, token = await register(client)
     order = await place(client, token, (item["id"], 2), card=GOOD_CARD)
     done = await final(client, token, order["id"])
     assert (done["status"], done["failure_reason"]) == ("confirmed", None)
+    assert await reservation_view(engine, order["id"]) == [(item["id"], 2, "committed")]
     await stock_becomes(client, item["id"], stock=3, available=3)
     view = await settled_saga(client, token, order["id"])
     assert view["status"] == "completed"
@@ -141,6 +154,7 @@ async def test_a_failed_payment_cancels_the_order_and_releases_the_stock(
     assert view["status"] == "compensated"
     assert actions(view) == {"release_stock": "acknowledged"}
     assert ("process_payment", "failed") in [(s["name"], s["status"]) for s in view["steps"]]
+    assert await reservation_view(engine, order["id"]) == [(item["id"], 2, "released")]
     await stock_becomes(client, item["id"], stock=5, available=5)
     assert await outbox_events(engine, "orders", order["id"], "order.cancelled") == 1
     assert await outbox_events(engine, "catalog", order["id"], "stock.released") == 1

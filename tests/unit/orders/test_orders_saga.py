@@ -187,6 +187,7 @@ def test_payment_processed_confirms_the_order_and_sends_order_confirmed() -> Non
     event = only_event(decision)
     assert isinstance(event, OrderConfirmed)
     assert event.lines == list(LINES)
+    assert sg.TrackReservation("committed") in decision.commands
     assert [(s.name, s.status) for s in new.steps][-2:] == [
         ("process_payment", "completed"),
         ("confirm_order", "completed"),
