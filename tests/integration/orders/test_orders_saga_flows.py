@@ -452,3 +452,30 @@ async def _cancel_race(client: httpx.AsyncClient, engine: AsyncEngine, runs: int
         p=uuid.UUID(item["id"]),
     )
     assert live == 0
+
+
+async def test_an_order_paid_with_the_silent_card_does_not_hold_up_other_orders(
+    server_url: str, settings_factory: Callable[..., Settings]
+) -> None:
+    """The timeout card's provider never answers; payments waits for it (up to its
+    provider timeout, 1.5 step timeouts). Meanwhile other customers' orders must go on
+    and reach their final status as usual."""
+    from conftest import fresh_database
+    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD
+
+    from prost.runtime.embedded import System
+
+    async with fresh_database(server_url) as url:
+        settings = settings_factory(
+            database_url=url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD, saga_step_timeout_seconds=4
+        )
+        async with System(settings) as running, await client_of(running) as client:
+            item = await make_product(client, stock=5)
+            _, stuck = await register(client)
+            _, other = await register(client)
+            silent = await place(client, stuck, (item["id"], 1), card=SILENT)
+            await asyncio.sleep(0.5)  # its payment is now running
+            good = await place(client, other, (item["id"], 1))
+            done = await final(client, other, good["id"], timeout=30)
+            assert (done["status"], done["failure_reason"]) == ("confirmed", None)
+            assert (await final(client, stuck, silent["id"], timeout=30))["failure_reason"] == "timeout"
