@@ -8,8 +8,9 @@ per-address request limit off), once per bcrypt cost (default 12, then 4), and m
 - reads: `GET /api/v1/users/profile/{id}` with N concurrent clients → req/s, p50, p99;
 - logins: `POST /api/v1/users/login` with M concurrent clients → logins/s and the ratio
   to the baseline (target ≥ 0.9);
-- reads at a fixed rate (open loop, latency from the intended send time) without, then
-  with, logins running at full speed → p50/p99 both ways (they must stay about the same).
+- reads at a fixed rate (a quarter of the maximum just measured; open loop, latency from
+  the intended send time) without, then with, logins running at full speed → p50/p99
+  both ways (they must stay about the same).
 
 The client runs on the same machine and takes some of the same cores. Last line: one
 JSON summary.
@@ -254,16 +255,19 @@ async def scenario(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
             ratio = alone["logins_per_s"] / baseline
             print(f"   logins ({args.login_concurrency} clients): {alone} → {ratio:.0%} of the baseline", flush=True)
 
-            quiet = await open_loop_reads(session, prost.url, users, args.open_rate, args.duration)
-            print(f"   profile reads at {args.open_rate}/s, no logins: {quiet}", flush=True)
+            # A fixed share of the capacity just measured: below saturation, so a change in
+            # latency shows what the logins take from the reads, not queueing at the limit.
+            rate = args.open_rate or max(10.0, round(reads["rps"] * args.open_fraction))
+            quiet = await open_loop_reads(session, prost.url, users, rate, args.duration)
+            print(f"   profile reads at {rate}/s, no logins: {quiet}", flush=True)
 
             stop = asyncio.Event()
             login_task = asyncio.create_task(logins(session, prost.url, users, args.login_concurrency, stop))
             await asyncio.sleep(1.0)  # let the logins fill the bcrypt pool first
-            busy = await open_loop_reads(session, prost.url, users, args.open_rate, args.duration)
+            busy = await open_loop_reads(session, prost.url, users, rate, args.duration)
             stop.set()
             during = await login_task
-            print(f"   profile reads at {args.open_rate}/s, logins running: {busy}", flush=True)
+            print(f"   profile reads at {rate}/s, logins running: {busy}", flush=True)
             print(f"   logins meanwhile: {during}", flush=True)
     return {
         "bcrypt_rounds": rounds,
@@ -285,13 +289,21 @@ async def main() -> None:
     parser.add_argument("--read-concurrency", type=int, default=32)
     parser.add_argument("--login-concurrency", type=int, default=4)
     parser.add_argument(
-        "--open-rate", type=float, default=200.0, help="profile reads per second in the open-loop phases"
+        "--open-fraction", type=float, default=0.25, help="open-loop read rate as a share of the measured maximum"
     )
+    parser.add_argument("--open-rate", type=float, default=0.0, help="a fixed open-loop read rate instead (per second)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     results = [await scenario(int(r), args) for r in args.rounds.split(",")]
     summary = {
         "bench": "users",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "mode": "prost up (embedded)"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "mode": "prost up (embedded)",
+            # The machine is shared: the 1-minute load average before and after says how quiet it was.
+            "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
         "duration_s": args.duration,
         "runs": results,
     }

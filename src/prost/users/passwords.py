@@ -20,7 +20,7 @@ import bcrypt
 
 from prost.users.domain import PASSWORD_MAX_BYTES, fits_bcrypt
 
-_LOW_PRIORITY_NICE = 10
+_LOW_PRIORITY_NICE = 19
 
 
 def _lower_thread_priority() -> None:
