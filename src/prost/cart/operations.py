@@ -84,13 +84,13 @@ def _now() -> datetime:
 # -- reading --------------------------------------------------------------------------
 
 
-async def _current_cart(ctx: ServiceContext, user_id: uuid.UUID) -> CartRecord:
-    """The user's current cart, created on first use (committed on its own)."""
-    async with ctx.engine.begin() as session:
-        cart = await CartRepository.get_current(session, user_id=user_id)
-        if cart is None:
-            await CartRepository.add_open(session, user_id=user_id)
-            cart = await CartRepository.get_current(session, user_id=user_id)
+async def _current_cart(session: Session, user_id: uuid.UUID, *, lock: bool = False) -> CartRecord:
+    """The user's current cart, created on first use (in the caller's transaction: if
+    that rolls back, the next use creates it again)."""
+    cart = await CartRepository.get_current(session, user_id=user_id, lock=lock)
+    if cart is None:
+        await CartRepository.add_open(session, user_id=user_id)
+        cart = await CartRepository.get_current(session, user_id=user_id, lock=lock)
     if cart is None:  # pragma: no cover - the insert or a concurrent one made it
         raise errors.Conflict("the cart could not be created; try again")
     return cart
@@ -122,9 +122,9 @@ async def _render(
 
 
 async def view_cart(ctx: ServiceContext, user_id: uuid.UUID) -> CartView:
-    cart = await _current_cart(ctx, user_id)
-    async with ctx.engine.connect() as conn:
-        lines = await CartRepository.lines(conn, cart_id=cart.id)
+    async with ctx.engine.begin() as session:
+        cart = await _current_cart(session, user_id)
+        lines = await CartRepository.lines(session, cart_id=cart.id)
     return await _render(ctx, cart, lines, strict=True)
 
 
@@ -144,11 +144,8 @@ class _Change:
 @contextlib.asynccontextmanager
 async def _locked_cart(ctx: ServiceContext, user_id: uuid.UUID) -> AsyncIterator[tuple[Session, CartRecord]]:
     """A transaction holding the user's open cart locked (it must be editable)."""
-    await _current_cart(ctx, user_id)
     async with ctx.engine.begin() as session:
-        cart = await CartRepository.get_current(session, user_id=user_id, lock=True)
-        if cart is None:  # pragma: no cover - current carts are never deleted
-            raise errors.Conflict("the cart changed; try again")
+        cart = await _current_cart(session, user_id, lock=True)
         domain.check_editable(cart)
         yield session, cart
 
@@ -236,7 +233,8 @@ async def set_line(
         first = not any(x.product_id != product_id for x in lines)
         await CartRepository.touch(session, cart_id=cart.id, currency=product.currency if first else None)
         known[product_id] = product
-    return await _after_change(ctx, user_id, known)
+        after = await _as_it_will_be(session, cart)
+    return await _render(ctx, *after, known=known, strict=False)
 
 
 async def remove_line(ctx: ServiceContext, user_id: uuid.UUID, product_id: uuid.UUID) -> CartView:
@@ -259,16 +257,15 @@ async def remove_line(ctx: ServiceContext, user_id: uuid.UUID, product_id: uuid.
             await cat.release_hold(cart.id, product_id)
             await CartRepository.remove_line(session, cart_id=cart.id, product_id=product_id)
             await CartRepository.touch(session, cart_id=cart.id)
-    return await _after_change(ctx, user_id, {})
+        after = await _as_it_will_be(session, cart)
+    return await _render(ctx, *after, strict=False)
 
 
-async def _after_change(ctx: ServiceContext, user_id: uuid.UUID, known: dict[uuid.UUID, Product]) -> CartView:
-    async with ctx.engine.connect() as conn:
-        cart = await CartRepository.get_current(conn, user_id=user_id)
-        if cart is None:  # pragma: no cover
-            raise errors.Conflict("the cart changed; try again")
-        lines = await CartRepository.lines(conn, cart_id=cart.id)
-    return await _render(ctx, cart, lines, known=known, strict=False)
+async def _as_it_will_be(session: Session, cart: CartRecord) -> tuple[CartRecord, list[Line]]:
+    """The cart and its lines as this transaction leaves them (read under the lock just
+    before the commit, so the answer shows exactly this change)."""
+    now = await CartRepository.get(session, cart_id=cart.id)
+    return now or cart, await CartRepository.lines(session, cart_id=cart.id)
 
 
 # -- checkout -------------------------------------------------------------------------
@@ -354,11 +351,8 @@ class _Keys:
 
 
 async def _begin_checkout(ctx: ServiceContext, user_id: uuid.UUID, keys: _Keys) -> uuid.UUID | CheckoutOutcome:
-    await _current_cart(ctx, user_id)
     async with ctx.engine.begin() as session:
-        cart = await CartRepository.get_current(session, user_id=user_id, lock=True)
-        if cart is None:  # pragma: no cover
-            raise domain.CartChanged()
+        cart = await _current_cart(session, user_id, lock=True)
         saga = await SagaRepository.live(session, cart_id=cart.id)
         if cart.status == CartStatus.CHECKED_OUT and saga is not None:
             # Already checked out (a repeated request): it is the same order.
