@@ -13,8 +13,11 @@ outbox rows (see `inventory.py` for the stock rules and the locks).
 Any of them may come twice or out of order. The order's `order_stock` row remembers
 what was done: a repeated `order.placed` repeats the first answer (while it still
 holds); a release after a commit, a commit after a release and a second of either
-change nothing and announce nothing; a cancellation that comes first leaves a mark so
-the late `order.placed` reserves nothing.
+change nothing; a cancellation that comes first leaves a mark so the late
+`order.placed` reserves nothing. Every `order.cancelled` of an unsold order is
+answered with `stock.released` (the orders service's acknowledgement of its "release
+stock" compensation, which it repeats until answered), with empty lines when
+nothing was left to give back.
 """
 
 from __future__ import annotations
@@ -91,9 +94,13 @@ async def commit_stock_for_confirmed_order(envelope: Envelope, session: Session,
 
 
 async def release_stock_for_cancelled_order(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
+    """Release, and always answer `stock.released` (unless the order was sold): the
+    orders service sends `order.cancelled` again until it sees that answer, so a
+    cancellation that came before the order, or a repeated one, is answered too, with
+    the lines given back this time (none)."""
     cancelled = OrderCancelled.model_validate(envelope.payload)
     result = await inventory.release_order(session, order_id=cancelled.order_id)
-    if result.outcome == "released" and result.lines:
+    if result.outcome == "released":
         event = StockReleased(
             kind="order",
             owner_id=cancelled.order_id,

@@ -676,21 +676,23 @@ async def commit_order(session: Session, *, order_id: uuid.UUID, lines: Iterable
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    outcome: Literal["released", "ignored"]
+    """`released`: the order holds nothing any more (`lines` = what this call gave
+    back, empty when there was nothing left to give); `sold`: it was committed."""
+
+    outcome: Literal["released", "sold"]
     lines: list[StockLine] = field(default_factory=list)
 
 
 async def release_order(session: Session, *, order_id: uuid.UUID) -> Release:
     """The order ended without a sale: give back its active reservation. Before the
     order was ever reserved, this leaves a `cancelled` mark so it never will be; after
-    a commit or a first release, nothing changes."""
+    a first release nothing more is given back; after a commit nothing changes."""
     claim = await _claim_order(session, order_id, state="cancelled")
-    if claim.created:
-        return Release("ignored")
-    if claim.state in ("cancelled", "committed"):
-        if claim.state == "committed":
-            log.warning("order %s cancelled after its stock was committed; stock left as sold", order_id)
-        return Release("ignored")
+    if claim.created or claim.state == "cancelled":
+        return Release("released")
+    if claim.state == "committed":
+        log.warning("order %s cancelled after its stock was committed; stock left as sold", order_id)
+        return Release("sold")
     await lock_products(session, await _owner_products(session, kind="order", owner_id=order_id))
     rows = (
         await session.execute(
