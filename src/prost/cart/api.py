@@ -99,10 +99,6 @@ class CheckoutPublic(BaseModel):
     status: str
 
 
-def _replayed(hit: idempotency.StoredResponse) -> JSONBody:
-    return JSONBody(hit.body, status_code=hit.status_code, headers={"Idempotent-Replayed": "true"})
-
-
 router = APIRouter(prefix="/api/v1/cart", tags=["cart"])
 
 
@@ -149,6 +145,6 @@ async def checkout(
         )
         async with ctx.engine.connect() as conn:
             if (hit := await STORE.replay(conn, request)) is not None:
-                return _replayed(hit)
+                return hit.response()
     outcome = await operations.checkout(ctx, user.id, body.payment.model_dump(), remember=request, store=STORE)
     return JSONBody(outcome.body, status_code=outcome.status_code)

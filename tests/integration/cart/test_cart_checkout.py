@@ -169,6 +169,7 @@ async def test_a_checkout_retried_with_the_same_key_makes_one_order(client: http
     again = await client.post("/api/v1/cart/checkout", headers={**h, **key}, json={"payment": GOOD_CARD})
     assert again.status_code == 202, again.text
     assert again.json() == first.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
     assert [o["id"] for o in await orders_of(client, h)] == [first.json()["order_id"]]
 
 
