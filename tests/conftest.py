@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -16,22 +15,21 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 os.environ.setdefault("PROST_BCRYPT_ROUNDS", "4")
 
-from prost.kit import migrations  # noqa: E402
-from prost.kit.db import create_engine  # noqa: E402
-from prost.kit.settings import Settings  # noqa: E402
-from helpers import ADMIN_EMAIL, ADMIN_PASSWORD  # noqa: E402
+from prost.kit.db import create_engine
+from prost.kit.settings import Settings
+
+from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
 
 REQUIRE_SERVICES = os.environ.get("PROST_REQUIRE_SERVICES") == "1"
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
@@ -64,26 +62,6 @@ async def server_url(tmp_root: Path) -> AsyncIterator[str]:
     url = await pg.start()
     yield url
     await pg.stop()
-
-
-def _with_database(url: str, name: str) -> str:
-    return str(sa.make_url(url).set(database=name).render_as_string(hide_password=False))
-
-
-@asynccontextmanager
-async def fresh_database(server: str) -> AsyncIterator[str]:
-    name = f"prost_test_{uuid.uuid4().hex[:12]}"
-    url = _with_database(server, name)
-    await migrations.ensure_database(url)
-    try:
-        await migrations.upgrade(url)
-        yield url
-    finally:
-        admin = create_engine(_with_database(server, "postgres"), pool_size=1)
-        async with admin.connect() as conn:
-            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await auto.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +110,9 @@ def broker_url(broker_server_url: str) -> Iterator[str]:
     vhost = f"prost_test_{uuid.uuid4().hex[:10]}"
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
     user = urlparse(broker_server_url).username or "guest"
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"], check=True, capture_output=True
+    )
     yield broker_server_url.rstrip("/") + "/" + vhost
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
 
@@ -166,7 +146,10 @@ async def system(database_url: str, settings_factory: Callable[..., Settings]) -
 
     only = os.environ.get("PROST_TEST_SERVICES")
     services = [s.strip() for s in only.split(",") if s.strip()] if only else None
-    async with System(settings_factory(database_url=database_url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD), services=services) as running:
+    async with System(
+        settings_factory(database_url=database_url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD),
+        services=services,
+    ) as running:
         yield running
 
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
+
+from prost.kit import migrations
+from prost.kit.db import create_engine
 
 ADMIN_EMAIL = "admin@prost.test"
 ADMIN_PASSWORD = "admin-password-1"
@@ -32,7 +37,9 @@ async def register(client: httpx.AsyncClient, *, password: str = "password-123")
     """A new customer: returns (user, token)."""
     tag = uuid.uuid4().hex[:10]
     email = f"user-{tag}@prost.test"
-    r = await client.post("/api/v1/users/register", json={"email": email, "username": f"user_{tag}", "password": password})
+    r = await client.post(
+        "/api/v1/users/register", json={"email": email, "username": f"user_{tag}", "password": password}
+    )
     assert r.status_code == 201, r.text
     r = await client.post("/api/v1/users/login", json={"email": email, "password": password})
     assert r.status_code == 200, r.text
@@ -51,7 +58,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-class served:  # noqa: N801 - used as `async with served(app) as url`
+class served:
     """Serve an ASGI app on a free loopback port inside the test's event loop."""
 
     def __init__(self, app: Any) -> None:
@@ -76,3 +83,23 @@ class served:  # noqa: N801 - used as `async with served(app) as url`
         self._server.should_exit = True
         await self._task
         self._sock.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    return str(sa.make_url(url).set(database=name).render_as_string(hide_password=False))
+
+
+@asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    name = f"prost_test_{uuid.uuid4().hex[:12]}"
+    url = _with_database(server, name)
+    await migrations.ensure_database(url)
+    try:
+        await migrations.upgrade(url)
+        yield url
+    finally:
+        admin = create_engine(_with_database(server, "postgres"), pool_size=1)
+        async with admin.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()

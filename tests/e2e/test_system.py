@@ -106,7 +106,7 @@ async def running(
 
 @pytest.fixture(scope="module")
 def make_database_module(server_url: str) -> Callable[[], AbstractAsyncContextManager[str]]:
-    from conftest import fresh_database
+    from helpers import fresh_database
 
     return lambda: fresh_database(server_url)
 

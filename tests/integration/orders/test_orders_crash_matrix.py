@@ -92,7 +92,7 @@ async def test_a_crash_right_after_a_step_commits_ends_in_the_same_final_state(
     event_type: str,
     path: Path,
 ) -> None:
-    from conftest import fresh_database
+    from helpers import fresh_database
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
@@ -125,7 +125,7 @@ async def test_orders_stopping_right_after_accepting_an_order_loses_nothing(
 ) -> None:
     """The 202 is committed with `order.placed` in the outbox; whether or not the relay
     published it before the stop, the order completes after the restart."""
-    from conftest import fresh_database
+    from helpers import fresh_database
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(

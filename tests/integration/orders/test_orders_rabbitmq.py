@@ -26,7 +26,7 @@ async def on_rabbitmq(
 ) -> AsyncIterator[Any]:
     from prost.runtime.embedded import System
 
-    from conftest import fresh_database
+    from helpers import fresh_database
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
