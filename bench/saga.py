@@ -155,14 +155,26 @@ class Api:
             connector=aiohttp.TCPConnector(limit=300), timeout=aiohttp.ClientTimeout(total=60)
         )
 
-    async def call(self, method: str, path: str, *, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+    async def call(
+        self, method: str, path: str, *, token: str | None = None, body: Any = None, key: str | None = None
+    ) -> tuple[int, Any]:
+        """One request; a keep-alive connection the server closed at that very moment is
+        retried once (the server never read that request)."""
         headers = {"content-type": "application/json"}
         if token:
             headers["authorization"] = f"Bearer {token}"
+        if key:
+            headers["idempotency-key"] = key
         data = orjson.dumps(body) if body is not None else None
-        async with self.session.request(method, self.url + path, data=data, headers=headers) as resp:
-            raw = await resp.read()
-            return resp.status, (orjson.loads(raw) if raw else None)
+        for attempt in (1, 2):
+            try:
+                async with self.session.request(method, self.url + path, data=data, headers=headers) as resp:
+                    raw = await resp.read()
+                    return resp.status, (orjson.loads(raw) if raw else None)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         await self.session.close()

@@ -24,7 +24,7 @@ from prost.kit.db import Session
 from prost.kit.messages import Envelope
 from prost.orders import saga as sg
 from prost.orders.domain import PricedOrder
-from prost.orders.tables import compensation_log, inventory_reservations, order_items, orders, saga_states
+from prost.orders.tables import compensation_log, order_items, orders, saga_states
 
 SERVICE = "orders"
 
@@ -38,6 +38,47 @@ def envelope_for(event: Any, *, order_id: uuid.UUID, caused_by: Envelope | None)
 
 
 # -- orders ------------------------------------------------------------------------------
+
+# The order, its lines and its saga row in one round trip, written once as text (no
+# per-call SQL building: placing an order is the hot path). The lines and the saga
+# select FROM `o`, so nothing is written when the order id already existed.
+_PLACE_ORDER = sa.text(
+    """
+    WITH o AS (
+        INSERT INTO orders.orders (id, user_id, cart_id, status, total_amount, currency,
+                                   payment_token, card_last4, card_brand, created_at, updated_at)
+        VALUES (:id, :user_id, :cart_id, 'pending', :total_amount, :currency,
+                :payment_token, :card_last4, :card_brand, :now, :now)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id
+    ), i AS (
+        INSERT INTO orders.order_items (order_id, product_id, position, sku, name, quantity, unit_price, line_total)
+        SELECT o.id, l.product_id, (l.n - 1)::smallint, l.sku, l.name, l.quantity, l.unit_price, l.line_total
+        FROM o, unnest(:product_ids, :skus, :names, :quantities, :unit_prices, :line_totals)
+                WITH ORDINALITY AS l(product_id, sku, name, quantity, unit_price, line_total, n)
+    ), s AS (
+        INSERT INTO orders.saga_states (order_id, step, status, deadline, version, lines, steps, created_at, updated_at)
+        SELECT o.id, :step, :saga_status, :deadline, :version, :lines, :steps, :now, :now FROM o
+    )
+    SELECT count(*) FROM o
+    """
+).bindparams(
+    sa.bindparam("id", type_=pg.UUID(as_uuid=True)),
+    sa.bindparam("user_id", type_=pg.UUID(as_uuid=True)),
+    sa.bindparam("cart_id", type_=pg.UUID(as_uuid=True)),
+    sa.bindparam("total_amount", type_=sa.Numeric(12, 2)),
+    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("deadline", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("product_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True))),
+    sa.bindparam("skus", type_=pg.ARRAY(sa.Text)),
+    sa.bindparam("names", type_=pg.ARRAY(sa.Text)),
+    sa.bindparam("quantities", type_=pg.ARRAY(sa.Integer)),
+    sa.bindparam("unit_prices", type_=pg.ARRAY(sa.Numeric(12, 2))),
+    sa.bindparam("line_totals", type_=pg.ARRAY(sa.Numeric(12, 2))),
+    sa.bindparam("version", type_=sa.Integer),
+    sa.bindparam("lines", type_=pg.JSONB),
+    sa.bindparam("steps", type_=pg.JSONB),
+)
 
 
 class OrderRepository:
@@ -59,64 +100,34 @@ class OrderRepository:
     ) -> bool:
         """Insert the order, its lines and its saga (one statement), then the saga's first
         event. False, with nothing written, when `order_id` already exists."""
-        new = pg.insert(orders).values(
-            id=order_id,
-            user_id=user_id,
-            cart_id=cart_id,
-            status=sg.OrderStatus.PENDING.value,
-            total_amount=priced.total_amount,
-            currency=priced.currency,
-            payment_token=payment_token,
-            card_last4=card_last4,
-            card_brand=card_brand,
-            created_at=now,
-            updated_at=now,
-        )
-        o = new.on_conflict_do_nothing(index_elements=[orders.c.id]).returning(orders.c.id).cte("o")
-        lines = sa.values(
-            sa.column("product_id", pg.UUID(as_uuid=True)),
-            sa.column("position", sa.SmallInteger),
-            sa.column("sku", sa.String),
-            sa.column("name", sa.String),
-            sa.column("quantity", sa.Integer),
-            sa.column("unit_price", sa.Numeric(12, 2)),
-            sa.column("line_total", sa.Numeric(12, 2)),
-            name="lines",
-        ).data(
-            [
-                (line.product_id, i, line.sku, line.name, line.quantity, line.unit_price, line.line_total)
-                for i, line in enumerate(priced.lines)
-            ]
-        )
-        # Both inserts select FROM `o`: they write nothing when the order existed.
-        items = (
-            sa.insert(order_items)
-            .from_select(
-                ["order_id", "product_id", "position", "sku", "name", "quantity", "unit_price", "line_total"],
-                sa.select(o.c.id, *lines.c).select_from(o.join(lines, sa.true())),
-            )
-            .cte("i")
-        )
         state = saga.saga
-        start = (
-            sa.insert(saga_states)
-            .from_select(
-                ["order_id", "step", "status", "deadline", "version", "lines", "steps", "created_at", "updated_at"],
-                sa.select(
-                    o.c.id,
-                    sa.literal(state.step.value, sa.String),
-                    sa.literal(state.status, sa.String),
-                    sa.literal(state.deadline, sa.DateTime(timezone=True)),
-                    sa.literal(state.version, sa.Integer),
-                    sa.literal(_lines_json(state.lines), pg.JSONB),
-                    sa.literal(_steps_json(state.steps), pg.JSONB),
-                    sa.literal(now, sa.DateTime(timezone=True)),
-                    sa.literal(now, sa.DateTime(timezone=True)),
-                ).select_from(o),
-            )
-            .cte("s")
+        lines = priced.lines
+        created = await self.session.scalar(
+            _PLACE_ORDER,
+            {
+                "id": order_id,
+                "user_id": user_id,
+                "cart_id": cart_id,
+                "total_amount": priced.total_amount,
+                "currency": priced.currency,
+                "payment_token": payment_token,
+                "card_last4": card_last4,
+                "card_brand": card_brand,
+                "now": now,
+                "product_ids": [line.product_id for line in lines],
+                "skus": [line.sku for line in lines],
+                "names": [line.name for line in lines],
+                "quantities": [line.quantity for line in lines],
+                "unit_prices": [line.unit_price for line in lines],
+                "line_totals": [line.line_total for line in lines],
+                "step": state.step.value,
+                "saga_status": state.status,
+                "deadline": state.deadline,
+                "version": state.version,
+                "lines": _lines_json(state.lines),
+                "steps": _steps_json(state.steps),
+            },
         )
-        created = await self.session.scalar(sa.select(sa.func.count()).select_from(o).add_cte(items, start))
         if not created:
             return False
         await SagaRepository(self.session).carry_out(state, saga.commands, caused_by=None, now=now)
@@ -217,7 +228,7 @@ def _ts(value: Any) -> datetime:
     return datetime.fromisoformat(str(value))
 
 
-def saga_from_row(row: Mapping[str, Any]) -> sg.Saga:
+def saga_from_row(row: Mapping[Any, Any]) -> sg.Saga:
     compensations = {
         sg.Action(c["action"]): sg.Compensation(
             action=sg.Action(c["action"]),
@@ -256,17 +267,76 @@ def _lines_json(lines: Sequence[StockLine]) -> list[dict[str, Any]]:
     return [{"product_id": str(line.product_id), "quantity": line.quantity} for line in lines]
 
 
+# One saga transition in one round trip, written once as text: the saga row moves on
+# (only from the version this transaction read and locked; `moved` false when only the
+# reservation view changes), the order takes its new status (only if it changed, so
+# `updated_at` is when the status last changed), and the orders' view of the catalog's
+# reservation follows (`track`: `reserved` lines, or every line `committed`/`released`).
+_ADVANCE = sa.text(
+    """
+    WITH s AS (
+        UPDATE orders.saga_states
+           SET step = :step, status = :saga_status, deadline = :deadline, version = :version,
+               steps = coalesce(:steps, steps), payment_id = :payment_id,
+               reservation_expires_at = :reservation_expires_at, updated_at = :now
+         WHERE order_id = :order_id AND version = :old_version AND :moved
+        RETURNING order_id
+    ), o AS (
+        UPDATE orders.orders
+           SET status = :order_status, failure_reason = :failure_reason, updated_at = :now
+         WHERE id = :order_id AND :moved
+           AND (status, failure_reason) IS DISTINCT FROM (:order_status, :failure_reason)
+    ), r AS (
+        INSERT INTO orders.inventory_reservations
+               (order_id, product_id, quantity, status, expires_at, created_at, updated_at)
+        SELECT :order_id, l.product_id, l.quantity, 'reserved', :expires_at, :now, :now
+          FROM unnest(:product_ids, :quantities) AS l(product_id, quantity)
+         WHERE :track = 'reserved'
+        ON CONFLICT (order_id, product_id)
+        DO UPDATE SET status = 'reserved', expires_at = excluded.expires_at, updated_at = excluded.updated_at
+    ), u AS (
+        UPDATE orders.inventory_reservations SET status = :track, updated_at = :now
+         WHERE order_id = :order_id AND :track IN ('committed', 'released')
+    )
+    SELECT count(*) FROM s
+    """
+).bindparams(
+    sa.bindparam("order_id", type_=pg.UUID(as_uuid=True)),
+    sa.bindparam("old_version", type_=sa.Integer),
+    sa.bindparam("moved", type_=sa.Boolean),
+    sa.bindparam("step", type_=sa.String),
+    sa.bindparam("saga_status", type_=sa.String),
+    sa.bindparam("deadline", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("version", type_=sa.Integer),
+    sa.bindparam("steps", type_=pg.JSONB(none_as_null=True)),
+    sa.bindparam("payment_id", type_=pg.UUID(as_uuid=True)),
+    sa.bindparam("reservation_expires_at", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("order_status", type_=sa.String),
+    sa.bindparam("failure_reason", type_=sa.String),
+    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("track", type_=sa.String),
+    sa.bindparam("product_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True))),
+    sa.bindparam("quantities", type_=pg.ARRAY(sa.Integer)),
+    sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)),
+)
+
+
+_SAGA_SELECT = sa.select(*_SAGA_COLUMNS).select_from(saga_states.join(orders, orders.c.id == saga_states.c.order_id))
+_SAGA_FOR_UPDATE = _SAGA_SELECT.where(saga_states.c.order_id == sa.bindparam("order_id")).with_for_update(
+    of=saga_states
+)
+
+
 class SagaRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
     def _select(self) -> sa.Select[Any]:
-        return sa.select(*_SAGA_COLUMNS).select_from(saga_states.join(orders, orders.c.id == saga_states.c.order_id))
+        return _SAGA_SELECT
 
     async def get_for_update(self, order_id: uuid.UUID) -> sg.Saga | None:
         """The saga with its row locked until the transaction ends."""
-        query = self._select().where(saga_states.c.order_id == order_id).with_for_update(of=saga_states)
-        row = (await self.session.execute(query)).mappings().first()
+        row = (await self.session.execute(_SAGA_FOR_UPDATE, {"order_id": order_id})).mappings().first()
         return saga_from_row(row) if row is not None else None
 
     async def get(self, order_id: uuid.UUID) -> sg.Saga | None:
@@ -293,46 +363,37 @@ class SagaRepository:
     async def apply(self, old: sg.Saga, decision: sg.Decision, *, caused_by: Envelope | None, now: datetime) -> None:
         """Write a decision taken on `old` (whose row this transaction has locked): the
         saga row (only if still at `old.version`), the order's status and the orders'
-        view of the reservation in one statement; then compensations and events."""
+        view of the reservation in one statement (`_ADVANCE`); then compensations and
+        events."""
         if not decision.changed:
             return
         new = decision.saga
-        tracked = [c for c in decision.commands if isinstance(c, sg.TrackReservation)]
-        writes: list[sa.CTE] = [_track(old.order_id, c, now=now).cte(f"r{i}") for i, c in enumerate(tracked)]
-        if (new.order_status, new.failure_reason) != (old.order_status, old.failure_reason):
-            writes.append(
-                sa.update(orders)
-                .where(orders.c.id == old.order_id)
-                .values(
-                    status=new.order_status.value,
-                    failure_reason=new.failure_reason.value if new.failure_reason else None,
-                    updated_at=now,
-                )
-                .returning(orders.c.id)
-                .cte("o")
-            )
-        if new != old:
-            moved = (
-                sa.update(saga_states)
-                .where(saga_states.c.order_id == old.order_id, saga_states.c.version == old.version)
-                .values(
-                    step=new.step.value,
-                    status=new.status,
-                    deadline=new.deadline,
-                    version=new.version,
-                    steps=_steps_json(new.steps) if new.steps != old.steps else saga_states.c.steps,
-                    payment_id=new.payment_id,
-                    reservation_expires_at=new.reservation_expires_at,
-                    updated_at=now,
-                )
-                .returning(saga_states.c.order_id)
-                .cte("s")
-            )
-            count = await self.session.scalar(sa.select(sa.func.count()).select_from(moved).add_cte(*writes))
-            if count != 1:
-                raise StaleSaga(f"saga {old.order_id} is no longer at version {old.version}")
-        elif writes:
-            await self.session.execute(sa.select(sa.func.count()).select_from(writes[0]).add_cte(*writes[1:]))
+        tracked = next((c for c in decision.commands if isinstance(c, sg.TrackReservation)), None)
+        reserved = tracked.lines if tracked is not None and tracked.status == "reserved" else ()
+        count = await self.session.scalar(
+            _ADVANCE,
+            {
+                "order_id": old.order_id,
+                "old_version": old.version,
+                "moved": new != old,
+                "step": new.step.value,
+                "saga_status": new.status,
+                "deadline": new.deadline,
+                "version": new.version,
+                "steps": _steps_json(new.steps) if new.steps != old.steps else None,
+                "payment_id": new.payment_id,
+                "reservation_expires_at": new.reservation_expires_at,
+                "order_status": new.order_status.value,
+                "failure_reason": new.failure_reason.value if new.failure_reason else None,
+                "now": now,
+                "track": tracked.status if tracked is not None else None,
+                "product_ids": [line.product_id for line in reserved],
+                "quantities": [line.quantity for line in reserved],
+                "expires_at": tracked.expires_at if tracked is not None else None,
+            },
+        )
+        if new != old and count != 1:
+            raise StaleSaga(f"saga {old.order_id} is no longer at version {old.version}")
         await self.carry_out(new, decision.commands, caused_by=caused_by, now=now, old=old)
 
     async def carry_out(
@@ -355,7 +416,7 @@ class SagaRepository:
                     envelopes.append(envelope)
                     sent_for[action] = envelope.event_id
                 case sg.TrackReservation():
-                    pass  # written with the saga row (`apply`)
+                    pass  # written with the saga row (`_ADVANCE`)
         # The compensation log follows the saga's state: written before the event is
         # sent (same transaction as the outbox row, which the relay publishes later).
         before = old.compensations if old is not None else {}
@@ -400,38 +461,6 @@ class SagaRepository:
             },
         )
         await self.session.execute(stmt)
-
-
-def _track(order_id: uuid.UUID, command: sg.TrackReservation, *, now: datetime) -> Any:
-    """The statement keeping `inventory_reservations` (the orders' view of the catalog's
-    reservation for the order): lines `reserved` until `expires_at`, then `committed`
-    (the order was confirmed: the catalog commits them) or `released`."""
-    t = inventory_reservations
-    if command.status == "reserved":
-        insert = pg.insert(t).values(
-            [
-                {
-                    "order_id": order_id,
-                    "product_id": line.product_id,
-                    "quantity": line.quantity,
-                    "status": "reserved",
-                    "expires_at": command.expires_at,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for line in command.lines
-            ]
-        )
-        return insert.on_conflict_do_update(
-            index_elements=[t.c.order_id, t.c.product_id],
-            set_={"status": "reserved", "expires_at": insert.excluded.expires_at, "updated_at": now},
-        ).returning(t.c.order_id)
-    return (
-        sa.update(t)
-        .where(t.c.order_id == order_id)
-        .values(status=command.status, updated_at=now)
-        .returning(t.c.order_id)
-    )
 
 
 def utcnow() -> datetime:
