@@ -152,7 +152,9 @@ class Api:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=300), timeout=aiohttp.ClientTimeout(total=60)
+            # Idle connections are dropped before the server's keep-alive (5 s) would.
+            connector=aiohttp.TCPConnector(limit=300, keepalive_timeout=2.0),
+            timeout=aiohttp.ClientTimeout(total=60),
         )
 
     async def call(
@@ -166,13 +168,13 @@ class Api:
         if key:
             headers["idempotency-key"] = key
         data = orjson.dumps(body) if body is not None else None
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             try:
                 async with self.session.request(method, self.url + path, data=data, headers=headers) as resp:
                     raw = await resp.read()
                     return resp.status, (orjson.loads(raw) if raw else None)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if attempt == 2:
+                if attempt == 3:
                     raise
         raise AssertionError("unreachable")
 

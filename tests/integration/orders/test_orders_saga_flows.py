@@ -131,6 +131,17 @@ async def test_the_good_card_confirms_and_the_stock_is_committed(
     done = await final(client, token, order["id"])
     assert (done["status"], done["failure_reason"]) == ("confirmed", None)
     assert await reservation_view(engine, order["id"]) == [(item["id"], 2, "committed")]
+
+    async def every_event_delivered() -> bool:
+        unsent = await scalar(
+            engine,
+            "SELECT (SELECT count(*) FROM orders.outbox WHERE sent_at IS NULL AND envelope->>'correlation_id' = :o)"
+            " + (SELECT count(*) FROM catalog.outbox WHERE sent_at IS NULL AND envelope->>'correlation_id' = :o)",
+            o=order["id"],
+        )
+        return int(unsent) == 0
+
+    await eventually(every_event_delivered)
     await stock_becomes(client, item["id"], stock=3, available=3)
     view = await settled_saga(client, token, order["id"])
     assert view["status"] == "completed"
