@@ -48,8 +48,7 @@ from helpers import GOOD_CARD, admin_token, bearer, eventually, register
 async def slow_payments(server_url: str, settings_factory: Callable[..., Settings]) -> AsyncIterator[Any]:
     from prost.runtime.embedded import System
 
-    from helpers import fresh_database
-    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD
+    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
@@ -67,8 +66,7 @@ async def slow_payments(server_url: str, settings_factory: Callable[..., Setting
 async def hasty(server_url: str, settings_factory: Callable[..., Settings]) -> AsyncIterator[Any]:
     from prost.runtime.embedded import System
 
-    from helpers import fresh_database
-    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD
+    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
@@ -89,8 +87,7 @@ async def patient(server_url: str, settings_factory: Callable[..., Settings]) ->
     """Generous step timeouts: the races must end the same way on a loaded machine."""
     from prost.runtime.embedded import System
 
-    from helpers import fresh_database
-    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD
+    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
@@ -471,10 +468,9 @@ async def test_an_order_paid_with_the_silent_card_does_not_hold_up_other_orders(
     """The timeout card's provider never answers; payments waits for it (up to its
     provider timeout, 1.5 step timeouts). Meanwhile other customers' orders must go on
     and reach their final status as usual."""
-    from helpers import fresh_database
-    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD
-
     from prost.runtime.embedded import System
+
+    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
