@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.catalog import domain
-from prost.catalog.tables import categories, inventory_reservations, products
+from prost.catalog.tables import categories, inventory_reservations, product_counts, products
 from prost.kit.db import Session
 
 log = logging.getLogger("prost.catalog")
@@ -219,6 +219,13 @@ def list_filters(*, q: bool, category: bool, min_price: bool, max_price: bool) -
     return where
 
 
+_PC = product_counts
+COUNT_ALL = sa.select(sa.func.coalesce(sa.func.sum(_PC.c.active_products), 0))
+COUNT_IN_CATEGORY = sa.select(sa.func.coalesce(sa.func.sum(_PC.c.active_products), 0)).where(
+    _PC.c.category_key == sa.bindparam("category_id", type_=pg.UUID(as_uuid=True))
+)
+
+
 @functools.cache
 def _list_statements(
     q: bool, category: bool, min_price: bool, max_price: bool, sort: str
@@ -233,7 +240,11 @@ def _list_statements(
         .limit(sa.bindparam("limit", type_=sa.Integer))
         .offset(sa.bindparam("offset", type_=sa.Integer))
     )
-    count = sa.select(sa.func.count()).select_from(_P).where(*where)
+    if not (q or min_price or max_price):
+        # Every active product, or those of one category: the kept count (tables.py).
+        count = COUNT_IN_CATEGORY if category else COUNT_ALL
+    else:
+        count = sa.select(sa.func.count()).select_from(_P).where(*where)
     return page, count
 
 

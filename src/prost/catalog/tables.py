@@ -14,6 +14,9 @@
   the lower-cased name, description and SKU, computed by the SQL function
   `catalog.search_grams` (made by the first migration); a GIN index on it serves
   `q` (docs/design.md: the embedded PostgreSQL has no pg_trgm).
+- `product_counts` holds the number of active products per category, kept exact by
+  triggers on `products` in the same transaction as the change, so a listing's
+  `total` needs no count over the rows unless it filters by search or price.
 - `order_stock` is the catalog's memory of each order: reserved, failed, committed
   or cancelled. It makes every saga instruction idempotent and order-independent (a
   cancellation that arrives before the order leaves a `cancelled` row behind, so the
@@ -141,6 +144,19 @@ order_stock = sa.Table(
     sa.Index(None, "state"),
     sa.Index(None, "created_at"),
 )
+
+product_counts = sa.Table(
+    "product_counts",
+    metadata,
+    # The category, or the nil UUID for products without one.
+    sa.Column("category_key", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("active_products", sa.BigInteger, nullable=False, server_default="0"),
+    sa.CheckConstraint("active_products >= 0", name="active_products_not_negative"),
+)
+"""Active products per category, kept by triggers on `products` (second migration):
+the `total` of an unfiltered or category-only listing without counting rows."""
+
+NO_CATEGORY = "00000000-0000-0000-0000-000000000000"
 
 outbox = metadata.tables["catalog.outbox"]
 idempotency_records = metadata.tables["catalog.idempotency_records"]

@@ -503,3 +503,45 @@ async def test_the_list_shows_available_after_holds(client: httpx.AsyncClient, s
     items = {p["name"]: p for p in (await client.get("/api/v1/products", params={"category_id": cid})).json()["items"]}
     assert (items["Bread knife"]["stock"], items["Bread knife"]["available"]) == (3, 1)
     assert items["Apple peeler"]["available"] == 3
+
+
+async def test_the_kept_counts_follow_every_change_of_a_product(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    admin = await admin_headers(client)
+    first, second = await create_category(client, admin), await create_category(client, admin)
+
+    async def totals() -> tuple[int, int]:
+        one = (await client.get("/api/v1/products", params={"category_id": first["id"]})).json()["total"]
+        two = (await client.get("/api/v1/products", params={"category_id": second["id"]})).json()["total"]
+        return one, two
+
+    a = await create_product(client, admin, category_id=first["id"])
+    b = await create_product(client, admin, category_id=first["id"])
+    assert await totals() == (2, 0)
+    await client.patch(f"/api/v1/products/{b['id']}", json={"category_id": second["id"]}, headers=admin)
+    assert await totals() == (1, 1)
+    await client.delete(f"/api/v1/products/{a['id']}", headers=admin)
+    await client.delete(f"/api/v1/products/{a['id']}", headers=admin)
+    assert await totals() == (0, 1)
+    await client.patch(f"/api/v1/products/{a['id']}", json={"active": True, "category_id": second["id"]}, headers=admin)
+    await client.put(f"/api/v1/products/{a['id']}/stock", json={"stock": 9}, headers=admin)
+    assert await totals() == (0, 2)
+    await client.patch(f"/api/v1/products/{b['id']}", json={"category_id": None}, headers=admin)
+    assert await totals() == (0, 1)
+    async with engine.connect() as conn:
+        drift = (
+            await conn.execute(
+                sa.text(
+                    """
+                    SELECT coalesce(c.category_key, p.key) AS key, c.active_products, p.n
+                    FROM catalog.product_counts c
+                    FULL JOIN (SELECT coalesce(category_id, '00000000-0000-0000-0000-000000000000') AS key, count(*) AS n
+                               FROM catalog.products WHERE active GROUP BY 1) p ON p.key = c.category_key
+                    WHERE coalesce(c.active_products, 0) <> coalesce(p.n, 0)
+                    """
+                )
+            )
+        ).all()
+    assert drift == []
+    everything = (await client.get("/api/v1/products", params={"page_size": 1})).json()["total"]
+    async with engine.connect() as conn:
+        assert everything == await conn.scalar(sa.text("SELECT count(*) FROM catalog.products WHERE active"))
