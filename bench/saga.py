@@ -455,7 +455,7 @@ async def minimal_chain(api: Api, database_url: str, broker_url: str | None, sec
     transactions, and (with a broker) four persistent messages with confirms, each
     consumed back before the next hop."""
     dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
-    pool = await asyncpg.create_pool(dsn, min_size=CUSTOMERS, max_size=CUSTOMERS)
+    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=16)
     await pool.execute(
         "CREATE TABLE IF NOT EXISTS public.bench_chain (id uuid PRIMARY KEY, step int NOT NULL, data jsonb NOT NULL,"
         " updated_at timestamptz NOT NULL DEFAULT now())"
