@@ -14,14 +14,16 @@ The saga, top to bottom, each step beside its compensation::
 stands and one message (an event from the bus, a user's cancel, or "the deadline
 passed"), it returns the saga as it must become (including the state of each
 compensation: requested, acknowledged, abandoned) and the commands to carry out
-(events to send, compensations to log and send, the orders' view of the reservation). The repository applies a decision in ONE transaction holding
-the saga row's lock, so a user's cancel racing a saga event, or two replicas, see
-one order of events; the version counts applied transitions.
+(events to send, compensations to log and send, the orders' view of the
+reservation). The repository applies a decision in ONE transaction holding the saga
+row's lock, so a user's cancel racing a saga event, or two replicas, see one order
+of events; the version counts applied transitions.
 
 Rules that hold in every state, because events arrive at least once and in any order:
 - a duplicate or stale message changes nothing (`Decision.changed` is False);
-- a reservation that shows up for an order that will not be sold (cancelled or
-  rejected) is released again; a payment that lands for such an order is refunded;
+- a reservation that shows up after a cancellation is freed by the release already
+  under way (the catalog never reserves after a release); a payment that lands for
+  an order that will not be sold is refunded;
 - a compensation is logged before it is sent and sent again, with growing delays,
   until its acknowledgement arrives (after `policy.max_attempts` it is abandoned
   and reported: the saga then reads `failed`);
