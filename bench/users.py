@@ -9,8 +9,8 @@ per-address request limit off), once per bcrypt cost (default 12, then 4), and m
 - logins: `POST /api/v1/users/login` with M concurrent clients → logins/s and the ratio
   to the baseline (target ≥ 0.9);
 - reads at a fixed rate (a quarter of the maximum just measured; open loop, latency from
-  the intended send time) without, then with, logins running at full speed → p50/p99
-  both ways (they must stay about the same).
+  the intended send time) in alternating windows without and with logins running at
+  full speed → p50/p99 both ways (they must stay about the same).
 
 The client runs on the same machine and takes some of the same cores. Last line: one
 JSON summary.
@@ -87,7 +87,7 @@ def bcrypt_rate(rounds: int, threads: int = 2, seconds: float = 5.0) -> float:
 class Prost:
     """`prost up` in a child process on a fresh data directory."""
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, rounds: int, bcrypt_threads: int = 0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = tempfile.mkdtemp(prefix="prost-bench-")
@@ -98,6 +98,7 @@ class Prost:
                 "PROST_HTTP_PORT": str(self.port),
                 "PROST_DATA_DIR": str(Path(self.dir) / "data"),
                 "PROST_BCRYPT_ROUNDS": str(rounds),
+                "PROST_BCRYPT_THREADS": str(bcrypt_threads),
                 "PROST_RATE_LIMIT_PER_SECOND": "0",
                 "PROST_LOG_LEVEL": "ERROR",
             }
@@ -131,6 +132,21 @@ class Prost:
                 await self.proc.wait()
 
 
+async def fetch(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> int:
+    """The response status, or 0 when the connection failed. A keep-alive connection the
+    server closed just as it was reused is tried once more (the client's race, not a
+    server failure)."""
+    for attempt in range(2):
+        try:
+            async with session.request(method, url, **kw) as r:
+                await r.read()
+                return r.status
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            if attempt == 1:
+                return 0
+    return 0
+
+
 async def register_users(session: aiohttp.ClientSession, url: str, count: int) -> list[dict[str, Any]]:
     users = []
     for _ in range(count):
@@ -158,10 +174,8 @@ async def closed_loop_reads(
         headers = {"Authorization": f"Bearer {user['token']}"}
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            async with session.get(path, headers=headers) as r:
-                await r.read()
-                if r.status != 200:
-                    errors += 1
+            if await fetch(session, "GET", path, headers=headers) != 200:
+                errors += 1
             latencies.append(time.perf_counter() - t0)
 
     start = time.perf_counter()
@@ -172,7 +186,7 @@ async def closed_loop_reads(
 
 async def open_loop_reads(
     session: aiohttp.ClientSession, url: str, users: list[dict[str, Any]], rate: float, seconds: float
-) -> dict[str, Any]:
+) -> tuple[list[float], int]:
     """Requests sent on a fixed schedule; latency counts from the intended send time, so
     a stalled server cannot hide its stall by delaying the next request."""
     latencies: list[float] = []
@@ -182,12 +196,9 @@ async def open_loop_reads(
     async def one(i: int, intended: float) -> None:
         nonlocal errors
         user = users[i % len(users)]
-        async with session.get(
-            f"{url}/api/v1/users/profile/{user['id']}", headers={"Authorization": f"Bearer {user['token']}"}
-        ) as r:
-            await r.read()
-            if r.status != 200:
-                errors += 1
+        path = f"{url}/api/v1/users/profile/{user['id']}"
+        if await fetch(session, "GET", path, headers={"Authorization": f"Bearer {user['token']}"}) != 200:
+            errors += 1
         latencies.append(time.perf_counter() - intended)
 
     start = time.perf_counter()
@@ -199,7 +210,7 @@ async def open_loop_reads(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, intended)))
     await asyncio.gather(*tasks)
-    return {"rate": rate, "sent": total, "errors": errors, **summary_ms(latencies)}
+    return latencies, errors
 
 
 async def logins(
@@ -214,10 +225,8 @@ async def logins(
         body = {"email": user["email"], "password": user["password"]}
         while not stop.is_set():
             t0 = time.perf_counter()
-            async with session.post(url + "/api/v1/users/login", json=body) as r:
-                await r.read()
-                if r.status != 200:
-                    errors += 1
+            if await fetch(session, "POST", url + "/api/v1/users/login", json=body) != 200:
+                errors += 1
             latencies.append(time.perf_counter() - t0)
 
     start = time.perf_counter()
@@ -239,7 +248,7 @@ async def scenario(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
     print(f"-- bcrypt cost {rounds}", flush=True)
     baseline = await asyncio.to_thread(bcrypt_rate, rounds, 2, args.baseline_seconds)
     print(f"   baseline: 2 threads hash {baseline:.2f}/s", flush=True)
-    async with Prost(rounds) as prost:
+    async with Prost(rounds, args.bcrypt_threads) as prost:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             users = await register_users(session, prost.url, max(args.login_concurrency, 8))
@@ -258,19 +267,37 @@ async def scenario(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
             # A fixed share of the capacity just measured: below saturation, so a change in
             # latency shows what the logins take from the reads, not queueing at the limit.
             rate = args.open_rate or max(10.0, round(reads["rps"] * args.open_fraction))
-            quiet = await open_loop_reads(session, prost.url, users, rate, args.duration)
+            # Quiet and busy windows alternate, so that a drift in the machine's other load
+            # falls on both alike; each side's latencies are pooled.
+            window = args.duration / args.alternations
+            quiet_lat: list[float] = []
+            busy_lat: list[float] = []
+            errors = 0
+            login_counts: list[dict[str, Any]] = []
+            for _ in range(args.alternations):
+                lat, err = await open_loop_reads(session, prost.url, users, rate, window)
+                quiet_lat += lat
+                errors += err
+                stop = asyncio.Event()
+                login_task = asyncio.create_task(logins(session, prost.url, users, args.login_concurrency, stop))
+                await asyncio.sleep(0.5)  # let the logins fill the bcrypt pool first
+                lat, err = await open_loop_reads(session, prost.url, users, rate, window)
+                busy_lat += lat
+                errors += err
+                stop.set()
+                login_counts.append(await login_task)
+            quiet = {"rate": rate, "sent": len(quiet_lat), **summary_ms(quiet_lat)}
+            busy = {"rate": rate, "sent": len(busy_lat), **summary_ms(busy_lat)}
+            during = {
+                "logins_per_s": round(statistics.fmean(c["logins_per_s"] for c in login_counts), 2),
+                "errors": sum(c["errors"] for c in login_counts) + errors,
+            }
             print(f"   profile reads at {rate}/s, no logins: {quiet}", flush=True)
-
-            stop = asyncio.Event()
-            login_task = asyncio.create_task(logins(session, prost.url, users, args.login_concurrency, stop))
-            await asyncio.sleep(1.0)  # let the logins fill the bcrypt pool first
-            busy = await open_loop_reads(session, prost.url, users, rate, args.duration)
-            stop.set()
-            during = await login_task
             print(f"   profile reads at {rate}/s, logins running: {busy}", flush=True)
             print(f"   logins meanwhile: {during}", flush=True)
     return {
         "bcrypt_rounds": rounds,
+        "bcrypt_threads": args.bcrypt_threads or os.cpu_count(),
         "baseline_hashes_per_s_2_threads": round(baseline, 2),
         "profile_reads": reads,
         "logins": {**alone, "ratio_to_baseline": round(ratio, 3)},
@@ -292,6 +319,10 @@ async def main() -> None:
         "--open-fraction", type=float, default=0.25, help="open-loop read rate as a share of the measured maximum"
     )
     parser.add_argument("--open-rate", type=float, default=0.0, help="a fixed open-loop read rate instead (per second)")
+    parser.add_argument(
+        "--bcrypt-threads", type=int, default=0, help="PROST_BCRYPT_THREADS for prost up (0: one per core)"
+    )
+    parser.add_argument("--alternations", type=int, default=4, help="quiet/busy window pairs in the open-loop phase")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     results = [await scenario(int(r), args) for r in args.rounds.split(",")]

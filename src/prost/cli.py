@@ -174,7 +174,7 @@ async def _create_admin(settings: Settings, email: str, password: str) -> tuple[
     else:
         pg = EmbeddedPostgres(settings.data_dir)
         url = await pg.start()
-    hasher = PasswordHasher(settings.bcrypt_rounds)
+    hasher = PasswordHasher(settings.bcrypt_rounds, threads=1)
     try:
         await migrations.ensure_database(url)
         await migrations.upgrade(url)

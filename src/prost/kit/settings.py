@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     jwt_ttl_seconds: int = 24 * 3600
     bcrypt_rounds: int = Field(default=12, ge=4, le=31)
+    # threads hashing passwords (at the lowest CPU priority); 0 = one per core
+    bcrypt_threads: int = Field(default=0, ge=0, le=64)
     admin_email: str | None = None
     admin_password: SecretStr | None = None
     login_max_failures: int = 10

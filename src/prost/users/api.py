@@ -93,7 +93,7 @@ def password_hasher(ctx: ServiceContext) -> PasswordHasher:
     """The service's bcrypt pool (made on first use; bootstrap warms and closes it)."""
     hasher = ctx.extras.get("passwords")
     if not isinstance(hasher, PasswordHasher):
-        hasher = PasswordHasher(ctx.settings.bcrypt_rounds)
+        hasher = PasswordHasher(ctx.settings.bcrypt_rounds, threads=ctx.settings.bcrypt_threads or None)
         ctx.extras["passwords"] = hasher
     return hasher
 

@@ -2,9 +2,9 @@
 
 One hash costs about 234 ms at cost 12 on this machine, so it never runs on the event
 loop. `PasswordHasher` owns a small thread pool sized to the cores; its threads run at
-a lower CPU priority, so logins hash at full speed on an idle machine but never take
-the CPU from the event loop and the database (profile reads keep their latency while
-logins run; `bench/users.py` measures both).
+the lowest CPU priority (`SCHED_IDLE`), so logins hash at full speed on an idle
+machine but never take the CPU from the event loop and the database (profile reads
+keep their latency while logins run; `bench/users.py` measures both).
 """
 
 from __future__ import annotations
@@ -26,12 +26,19 @@ _LOW_PRIORITY_NICE = 19
 def _lower_thread_priority() -> None:
     """Runs in each hashing thread: make it yield the CPU to the event loop and database.
 
-    On Linux a thread is a task with its own nice value, so raising it here slows only
-    this thread. bcrypt threads then use the CPU the rest of the process leaves idle:
-    logins still hash at full speed on an idle machine, and profile reads keep their
-    latency while logins run. Elsewhere (or when refused) it is simply skipped."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _LOW_PRIORITY_NICE)
+    On Linux a thread is a task with its own scheduling policy, so this slows only this
+    thread. `SCHED_IDLE` is made for such work: it runs on CPU time nothing else wants,
+    and a waking normal task (the event loop, a PostgreSQL backend) preempts it at once
+    and may be placed on its CPU as if that CPU were idle. Where that is refused, a nice
+    value of 19 comes close. bcrypt threads then use the CPU the rest leaves idle: logins
+    still hash at full speed on an idle machine, and profile reads keep their latency
+    while logins run. Elsewhere (no such calls) it is simply skipped."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, _LOW_PRIORITY_NICE)
 
 
 class PasswordHasher:

@@ -29,6 +29,7 @@ def test_the_defaults_are_the_documented_ones(clean_env: pytest.MonkeyPatch) -> 
     assert s.jwt_secret is None
     assert s.jwt_ttl_seconds == 86400
     assert s.bcrypt_rounds == 12
+    assert s.bcrypt_threads == 0
     assert (s.login_max_failures, s.login_window_seconds) == (10, 300)
     assert s.rate_limit_per_second == 100
     assert s.admin_email is None
