@@ -9,7 +9,9 @@ A service's `migrations/env.py` is two lines: it hands its MetaData to `run_env`
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import weakref
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -69,7 +71,27 @@ def has_history(service: str) -> bool:
     return importlib.util.find_spec(f"prost.{service}.migrations") is not None
 
 
-async def migrate(url: str, *, services: Iterable[str] = SERVICES, action: str = "upgrade", revision: str = "head") -> None:
+_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _in_process_lock() -> asyncio.Lock:
+    """Alembic keeps its migration context in module globals, so two migrations in one
+    process (two tasks) must not interleave; the advisory lock orders processes."""
+    loop = asyncio.get_running_loop()
+    lock = _LOCKS.get(loop)
+    if lock is None:
+        lock = _LOCKS[loop] = asyncio.Lock()
+    return lock
+
+
+async def migrate(
+    url: str, *, services: Iterable[str] = SERVICES, action: str = "upgrade", revision: str = "head"
+) -> None:
+    async with _in_process_lock():
+        await _migrate(url, services=services, action=action, revision=revision)
+
+
+async def _migrate(url: str, *, services: Iterable[str], action: str, revision: str) -> None:
     engine = create_engine(url, pool_size=1, max_overflow=0)
     try:
         for service in (s for s in services if has_history(s)):
