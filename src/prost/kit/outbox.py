@@ -55,6 +55,7 @@ CHANNEL = "prost_outbox"
 """The NOTIFY channel; the payload is the schema that has new rows."""
 
 LISTEN_APPLICATION_NAME = "prost-outbox-listen"
+"""With `:<schema>` appended, the application name of a relay's LISTEN connection."""
 
 _UNROUTABLE_MAX_DELAY = 300.0
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
@@ -308,7 +309,9 @@ class OutboxRelay:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(dsn, server_settings={"application_name": LISTEN_APPLICATION_NAME})
+                conn = await asyncpg.connect(
+                    dsn, server_settings={"application_name": f"{LISTEN_APPLICATION_NAME}:{self.schema}"}
+                )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, on_notify)

@@ -153,10 +153,12 @@ async def test_relays_over_two_schemas_at_once_each_publish_their_own(engine: As
 
 
 async def _listen_backends(engine: AsyncEngine) -> list[int]:
+    """The LISTEN connections of relays over the test schema (a running system's relays
+    listen in the same database, for their own schemas)."""
     async with engine.connect() as conn:
         rows = await conn.scalars(
             sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :app AND datname = current_database()"),
-            {"app": outbox.LISTEN_APPLICATION_NAME},
+            {"app": f"{outbox.LISTEN_APPLICATION_NAME}:msg_a"},
         )
         return list(rows.all())
 
