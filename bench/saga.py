@@ -311,6 +311,7 @@ class Phase:
     seconds: float = 0.0
     placed: list[Placed] = field(default_factory=list)
     errors: int = 0
+    error_codes: dict[int, int] = field(default_factory=dict)
     server_cpu: float = 0.0
     machine_cpu: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
@@ -324,6 +325,7 @@ class Phase:
         return {
             "orders": n,
             "errors": self.errors,
+            "error_codes": {str(k): v for k, v in self.error_codes.items()},
             "placed_per_s": round(n / self.seconds, 1) if self.seconds else 0.0,
             "settled_per_s": round(self.settled_in_window / self.seconds, 1) if self.seconds else 0.0,
             "p50_ms": round(percentile(lat, 50), 1),
@@ -342,10 +344,12 @@ def percentile(values: list[float], p: float) -> float:
     return values[k]
 
 
-async def place(api: Api, token: str, products: list[str], n: int) -> Placed | None:
+async def place(api: Api, token: str, products: list[str], n: int, phase: Phase) -> Placed | None:
     body = {"items": [{"product_id": products[n % len(products)], "quantity": 1}], "payment": CARD}
     status, answer = await api.call("POST", "/api/v1/orders", token=token, body=body)
     if status != 202:
+        phase.errors += 1
+        phase.error_codes[status] = phase.error_codes.get(status, 0) + 1
         return None
     return Placed(answer["id"], token, time.time())
 
@@ -359,9 +363,8 @@ async def closed_loop(
 
     async def one_customer(token: str) -> None:
         while time.monotonic() < stop_at:
-            placed = await place(api, token, products, next(counter))
+            placed = await place(api, token, products, next(counter), phase)
             if placed is None:
-                phase.errors += 1
                 await asyncio.sleep(0.05)
                 continue
             phase.placed.append(placed)
@@ -379,10 +382,8 @@ async def open_loop(
     tasks = []
 
     async def one(n: int) -> None:
-        placed = await place(api, tokens[n % len(tokens)], products, n)
-        if placed is None:
-            phase.errors += 1
-        else:
+        placed = await place(api, tokens[n % len(tokens)], products, n, phase)
+        if placed is not None:
             phase.placed.append(placed)
 
     for n in range(total):
