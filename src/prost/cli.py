@@ -1,11 +1,11 @@
 """The `prost` command.
 
-    prost up [--distributed] [--replicas orders=2,...]   run the whole system
-    prost serve <service>                                 run one service (distributed mode)
-    prost migrate                                         apply every schema's migrations
-    prost users create-admin                              make sure an admin exists
-    prost dlq list|replay <service>                       dead letters
-    prost seed / prost demo                               demo data and a walkthrough
+prost up [--distributed] [--replicas orders=2,...]   run the whole system
+prost serve <service>                                 run one service (distributed mode)
+prost migrate                                         apply every schema's migrations
+prost users create-admin                              make sure an admin exists
+prost dlq list|replay <service>                       dead letters
+prost seed / prost demo                               demo data and a walkthrough
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ async def _run_until_signalled() -> None:
 
 @app.command()
 def up(
-    distributed: Annotated[bool, typer.Option("--distributed", help="Run the gateway and every service as separate processes.")] = False,
-    replicas: Annotated[str, typer.Option(help="Replicas per service, e.g. orders=2,catalog=2 (distributed mode).")] = "",
+    distributed: Annotated[
+        bool, typer.Option("--distributed", help="Run the gateway and every service as separate processes.")
+    ] = False,
+    replicas: Annotated[
+        str, typer.Option(help="Replicas per service, e.g. orders=2,catalog=2 (distributed mode).")
+    ] = "",
 ) -> None:
     """Start the whole system (embedded PostgreSQL and in-process bus unless configured)."""
     settings = _settings()

@@ -39,7 +39,16 @@ _BY_CODE: dict[str, type[errors.DomainError]] = {
 
 
 class ServiceClient:
-    def __init__(self, *, caller: str, target: str, base_url: str, auth: TokenAuthority, session: aiohttp.ClientSession, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        caller: str,
+        target: str,
+        base_url: str,
+        auth: TokenAuthority,
+        session: aiohttp.ClientSession,
+        timeout: float,
+    ) -> None:
         self.caller = caller
         self.target = target
         self.base_url = base_url.rstrip("/")
@@ -56,7 +65,9 @@ class ServiceClient:
             self._token_minted = loop_time
         return self._token
 
-    async def request(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def request(
+        self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         """Returns (status, decoded JSON body) for 2xx; raises a DomainError otherwise."""
         sent = {"authorization": f"Bearer {self._service_token()}", "content-type": "application/json"}
         if (rid := request_id_var.get()) is not None:
@@ -65,7 +76,9 @@ class ServiceClient:
             sent.update(headers)
         data = orjson.dumps(json) if json is not None else None
         try:
-            async with self._session.request(method, self.base_url + path, data=data, headers=sent, timeout=self._timeout) as resp:
+            async with self._session.request(
+                method, self.base_url + path, data=data, headers=sent, timeout=self._timeout
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
         except TimeoutError as exc:
@@ -114,10 +127,16 @@ class ServiceClients:
                 raise errors.Unavailable(f"no address configured for the {target} service")
             if self._session is None:
                 self._session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300), json_serialize=lambda o: orjson.dumps(o).decode()
+                    connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
+                    json_serialize=lambda o: orjson.dumps(o).decode(),
                 )
             client = ServiceClient(
-                caller=self.caller, target=target, base_url=self._urls[target], auth=self._auth, session=self._session, timeout=self._timeout
+                caller=self.caller,
+                target=target,
+                base_url=self._urls[target],
+                auth=self._auth,
+                session=self._session,
+                timeout=self._timeout,
             )
             self._clients[target] = client
         return client

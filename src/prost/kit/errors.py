@@ -28,9 +28,9 @@ import logging
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-import orjson
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -183,7 +183,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if is_unavailable(exc):
             log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
             return error_response("unavailable", "a service this request needs is unavailable, try again", 503)
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response("internal_error", "internal error", 500)
 
 

@@ -229,7 +229,9 @@ def create_service_app(
         healthy = all(v == "ok" for v in results.values())
         if healthy:
             return errors.JSONBody({"status": "ready", "checks": results})
-        body = errors.error_body("unavailable", "not ready: " + ", ".join(k for k, v in results.items() if v != "ok"), 503)
+        body = errors.error_body(
+            "unavailable", "not ready: " + ", ".join(k for k, v in results.items() if v != "ok"), 503
+        )
         body["checks"] = results
         return errors.JSONBody(body, status_code=503)
 

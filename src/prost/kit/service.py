@@ -78,4 +78,3 @@ def context_dependency(service: str) -> Callable[[Request], ServiceContext]:
 
     get_context.__name__ = f"{service}_context"
     return get_context
-
