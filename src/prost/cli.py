@@ -55,7 +55,9 @@ def up(
         from prost.runtime.distributed import run_distributed
 
         sys.exit(run_distributed(settings, replicas=replicas))
-    asyncio.run(_up(settings))
+    from prost.runtime.loop import run
+
+    run(_up(settings))
 
 
 async def _up(settings: Settings) -> None:
@@ -93,6 +95,7 @@ def serve(
     """Run one service (or the gateway) in this process, against PROST_DATABASE_URL and PROST_BROKER_URL."""
     from prost.runtime.distributed import ConfigurationError
     from prost.runtime.distributed import serve as serve_one
+    from prost.runtime.loop import run as serve_loop
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -105,7 +108,7 @@ def serve(
         await serve_one(service, settings, stop)
 
     try:
-        asyncio.run(run())
+        serve_loop(run())
     except ConfigurationError as exc:
         console.print(f"[red]prost serve {service}:[/] {exc}")
         raise typer.Exit(2) from exc
