@@ -129,6 +129,10 @@ def test_settings(tmp_root: Path, **overrides: Any) -> Settings:
         "sweep_interval_seconds": 0.2,
         "saga_step_timeout_seconds": 5,
         "log_level": "WARNING",
+        # Several systems run at once in one test run: keep each one's connections few.
+        "db_pool_size": 2,
+        "db_max_overflow": 3,
+        "outbox_relays": 2,
     }
     values.update(overrides)
     return Settings(**values)

@@ -99,8 +99,10 @@ class ServiceHost:
         urls: dict[str, str],
         consumers_per_service: int = 1,
         declare_also: Sequence[ServiceDefinition] = (),
+        default_relays: int = 1,
     ) -> None:
         self.definitions = list(definitions)
+        self.relays_per_schema = settings.outbox_relays or default_relays
         self.declare_also = list(declare_also)
         self.settings = settings
         self.engine = engine
@@ -157,15 +159,19 @@ class ServiceHost:
                 dispatch = dispatcher(ctx, d)
                 for _ in range(self.consumers_per_service):
                     await self.bus.consume(d.name, list(d.subscriptions), dispatch)
-            relay = outbox.OutboxRelay(
-                self.engine,
-                self.bus,
-                d.name,
-                batch_size=self.settings.outbox_batch_size,
-                poll_seconds=self.settings.outbox_poll_seconds,
-                retention_hours=self.settings.outbox_retention_hours,
-            )
-            self._spawn(f"{d.name}.relay", relay.run)
+            # Several relays per schema pipeline the outbox (SKIP LOCKED keeps their
+            # batches apart): on the in-process bus a publish lasts until the handlers
+            # are done, so one relay alone would make every hop wait for the last batch.
+            for n in range(self.relays_per_schema):
+                relay = outbox.OutboxRelay(
+                    self.engine,
+                    self.bus,
+                    d.name,
+                    batch_size=self.settings.outbox_batch_size,
+                    poll_seconds=self.settings.outbox_poll_seconds,
+                    retention_hours=self.settings.outbox_retention_hours,
+                )
+                self._spawn(f"{d.name}.relay.{n}", relay.run)
             for loop in d.background:
                 self._spawn(f"{d.name}.{getattr(loop, '__name__', 'loop')}", functools.partial(loop, ctx))
 
