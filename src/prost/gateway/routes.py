@@ -28,9 +28,12 @@ def service_for(path: str) -> str | None:
 
 
 def needs_token(method: str, path: str) -> bool:
-    """True for every route of the contract that requires `Authorization`."""
+    """True for every route of the contract that requires `Authorization`; paths the
+    contract does not name go through, so their service answers 404 or 405."""
     if method == "OPTIONS" or (method == "POST" and path in _PUBLIC_POSTS):
         return False
     if method in ("GET", "HEAD") and _PUBLIC_READS.match(path):
         return False
+    if path.startswith("/api/v1/users/"):
+        return path.startswith("/api/v1/users/profile/")
     return service_for(path) is not None

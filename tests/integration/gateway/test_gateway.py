@@ -184,3 +184,9 @@ async def test_the_gateway_serves_the_storefront_with_a_strict_policy(gateway: h
     assert "text/html" in r.headers["content-type"]
     assert "script-src 'self'" in r.headers["content-security-policy"]
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_an_unknown_users_path_is_a_404_not_a_401(gateway: httpx.AsyncClient) -> None:
+    r = await gateway.get("/api/v1/users/nobody-here")
+    assert r.status_code == 404
+    assert r.json()["error"] == "not_found"
