@@ -132,7 +132,6 @@ def test_settings(tmp_root: Path, **overrides: Any) -> Settings:
         # Several systems run at once in one test run: keep each one's connections few.
         "db_pool_size": 2,
         "db_max_overflow": 3,
-        "outbox_relays": 2,
     }
     values.update(overrides)
     return Settings(**values)

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     outbox_retention_hours: int = 24
     outbox_poll_seconds: float = 2.0
     outbox_batch_size: int = 200
-    outbox_relays: int = 0  # 0: 4 per schema in the embedded mode, 1 per process in the distributed mode
+    outbox_relays: int = 0  # 0: the mode's default (one per schema and process)
 
     # inventory and the saga
     reservation_ttl_seconds: int = 120

@@ -36,9 +36,12 @@ log = logging.getLogger("prost.runtime")
 
 Progress = Callable[[str], None]
 
-EMBEDDED_RELAYS = 4
-"""Relays per schema in the embedded mode (`PROST_OUTBOX_RELAYS` overrides): measured
-with bench/saga.py, 4 settled about 15-35% more orders per second than 1."""
+EMBEDDED_RELAYS = 1
+"""Relays per schema in the embedded mode (`PROST_OUTBOX_RELAYS` overrides). On the
+in-process bus a relay holds its batch's transaction, and so a pooled connection, until
+the handlers are done; more relays pipeline the hops (bench/saga.py: up to ~20% more
+orders/s with 4) but take connections the handlers need, which under a 200-order race
+starved them into retries and dead letters. One stays the default."""
 
 
 def make_bus(settings: Settings) -> MessageBus:
