@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+MAX_CONNECTIONS = 300
+"""PostgreSQL's default of 100 is tight for the distributed mode's processes and pools
+on one machine; set once, when the data directory is made."""
+
 
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
@@ -18,7 +22,13 @@ class EmbeddedPostgres:
         from pgserver import get_server  # type: ignore[attr-defined]
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not (self.pgdata / "PG_VERSION").exists()
         self._server = await asyncio.to_thread(get_server, self.pgdata, cleanup_mode="stop")
+        if fresh:
+            # A setting that needs a restart: made on the new cluster, then restarted.
+            await asyncio.to_thread(self._server.psql, f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS};")
+            await asyncio.to_thread(self._server.cleanup)
+            self._server = await asyncio.to_thread(get_server, self.pgdata, cleanup_mode="stop")
         uri = urlparse(self._server.get_uri())
         socket_dir = parse_qs(uri.query)["host"][0]
         return f"postgresql://postgres@/prost?host={socket_dir}"
