@@ -48,6 +48,7 @@ from prost.kit.bus.rabbitmq import RabbitMQBus
 from prost.kit.db import Session, create_engine, schema_metadata
 from prost.kit.messages import Envelope
 from prost.kit.migrations import ensure_database
+from prost.runtime.loop import run  # uvloop, as the servers run
 
 SCHEMA = "bench"
 metadata = schema_metadata(SCHEMA)
@@ -238,7 +239,7 @@ class InProcess:
 
 
 def _producer_process(pipe: Connection, database: str, broker: str, exchange: str) -> None:
-    asyncio.run(_producer_main(pipe, database, broker, exchange))
+    run(_producer_main(pipe, database, broker, exchange))
 
 
 async def _producer_main(pipe: Connection, database: str, broker: str, exchange: str) -> None:
@@ -420,4 +421,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())
