@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -94,16 +95,28 @@ class Proc:
 
 
 def wrk(
-    url: str, *, seconds: int = 10, connections: int = 32, threads: int = 1, headers: dict[str, str] | None = None
+    url: str,
+    *,
+    seconds: int = 10,
+    connections: int = 32,
+    threads: int = 1,
+    headers: dict[str, str] | None = None,
+    script: str | None = None,
 ) -> dict[str, float]:
-    """Requests/s and latency percentiles from wrk (Debian's `wrk`)."""
+    """Requests/s and latency percentiles from wrk (Debian's `wrk`). `script` is a Lua
+    script of the caller's own (it must print the `JSON <p50> <p99>` line too);
+    without it, plain GETs of `url`."""
     if shutil.which("wrk") is None:
         raise SystemExit("this benchmark needs wrk: apt-get install -y wrk")
-    script = Path(__file__).with_name("_latency.lua")
-    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
-    for k, v in (headers or {}).items():
-        args += ["-H", f"{k}: {v}"]
-    out = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        lua = Path(__file__).with_name("_latency.lua")
+        if script is not None:
+            lua = Path(tmp) / "script.lua"
+            lua.write_text(script)
+        args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua)]
+        for k, v in (headers or {}).items():
+            args += ["-H", f"{k}: {v}"]
+        out = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     stats = {"rps": rps, "non_2xx": float(non2xx.group(1)) if non2xx else 0.0}

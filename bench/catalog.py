@@ -89,25 +89,6 @@ end
 """
 
 
-def wrk_script(url: str, script: str, *, seconds: int, connections: int, headers: dict[str, str]) -> dict[str, float]:
-    """Like `_procs.wrk`, with a request-making Lua script of our own."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", f.name]
-    for k, v in headers.items():
-        args += ["-H", f"{k}: {v}"]
-    out = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
-    Path(f.name).unlink()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    stats = {"rps": rps, "non_2xx": float(non2xx.group(1)) if non2xx else 0.0}
-    for line in out.splitlines():
-        if line.startswith("JSON "):
-            p50, p99 = line.split()[1:3]
-            stats |= {"p50_ms": float(p50) / 1000, "p99_ms": float(p99) / 1000}
-    return stats
-
-
 def pgbench(db: str, sql: str, *, seconds: int, clients: int) -> float:
     """Transactions per second of a one-statement pgbench script."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
@@ -201,11 +182,11 @@ async def main() -> None:
                 hot_lua = HOLDS_LUA % {"ids": f'"{hot}"', "seed": 1}
                 spread_lua = HOLDS_LUA % {"ids": ",".join(f'"{p}"' for p in spread), "seed": 2}
                 wrk(catalog.url + "/health", seconds=2, connections=conns)  # warm-up
-                wrk_script(catalog.url, spread_lua, seconds=2, connections=conns, headers=cart)
+                wrk(catalog.url, script=spread_lua, seconds=2, connections=conns, headers=cart)
                 results["health"] = wrk(catalog.url + "/health", seconds=secs, connections=conns)
-                results["hold_hot"] = wrk_script(catalog.url, hot_lua, seconds=secs, connections=conns, headers=cart)
-                results["hold_spread"] = wrk_script(
-                    catalog.url, spread_lua, seconds=secs, connections=conns, headers=cart
+                results["hold_hot"] = wrk(catalog.url, script=hot_lua, seconds=secs, connections=conns, headers=cart)
+                results["hold_spread"] = wrk(
+                    catalog.url, script=spread_lua, seconds=secs, connections=conns, headers=cart
                 )
                 results["list"] = wrk(catalog.url + "/api/v1/products?page_size=20", seconds=secs, connections=conns)
                 results["search"] = wrk(

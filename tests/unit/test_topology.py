@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from prost import contracts
+from prost.kit.bus.base import topic_matches
 from prost.runtime import registry
-from prost.runtime.host import topic_matches
 
 
 def test_every_event_type_is_bound_by_some_service() -> None:

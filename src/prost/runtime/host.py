@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit import inbox, outbox
 from prost.kit.auth import TokenAuthority
-from prost.kit.bus.base import MessageBus
+from prost.kit.bus.base import MessageBus, topic_matches
 from prost.kit.clients import ServiceClients
 from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
@@ -71,20 +71,6 @@ def dispatcher(ctx: ServiceContext, definition: ServiceDefinition) -> Callable[[
         await handler(envelope)
 
     return dispatch
-
-
-def topic_matches(pattern: str, key: str) -> bool:
-    """AMQP topic matching: `*` is one word, `#` zero or more."""
-    p, k = pattern.split("."), key.split(".")
-
-    def match(i: int, j: int) -> bool:
-        if i == len(p):
-            return j == len(k)
-        if p[i] == "#":
-            return any(match(i + 1, jj) for jj in range(j, len(k) + 1))
-        return j < len(k) and (p[i] == "*" or p[i] == k[j]) and match(i + 1, j + 1)
-
-    return match(0, 0)
 
 
 class ServiceHost:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prost.kit.bus.memory import topic_matches
+from prost.kit.bus.base import topic_matches
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from prost.kit.messages import Envelope
 
@@ -32,6 +33,21 @@ MAX_RETRY_DELAY_MS = 5 * 60 * 1000
 def retry_delay_ms(attempt: int, base_ms: int) -> int:
     """How long a message waits after its `attempt`-th failure: base, 2×base, 4×base, ..."""
     return min(base_ms * (1 << max(0, min(attempt - 1, 40))), MAX_RETRY_DELAY_MS)
+
+
+@lru_cache(maxsize=4096)
+def topic_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching: words split on `.`, `*` is exactly one word, `#` zero or more."""
+    p, k = pattern.split("."), key.split(".")
+
+    def match(i: int, j: int) -> bool:
+        if i == len(p):
+            return j == len(k)
+        if p[i] == "#":
+            return any(match(i + 1, jj) for jj in range(j, len(k) + 1))
+        return j < len(k) and p[i] in ("*", k[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
 
 
 class PublishError(Exception):

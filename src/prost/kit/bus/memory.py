@@ -28,28 +28,20 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import lru_cache
 
-from prost.kit.bus.base import DeadLetter, Handler, MessageBus, PublishError, Unroutable, retry_delay_ms
+from prost.kit.bus.base import (
+    DeadLetter,
+    Handler,
+    MessageBus,
+    PublishError,
+    Unroutable,
+    retry_delay_ms,
+    topic_matches,
+)
 from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
 
 log = logging.getLogger("prost.bus.memory")
-
-
-@lru_cache(maxsize=4096)
-def topic_matches(pattern: str, key: str) -> bool:
-    """AMQP topic matching: words split on `.`, `*` is exactly one word, `#` zero or more."""
-    p, k = pattern.split("."), key.split(".")
-
-    def match(i: int, j: int) -> bool:
-        if i == len(p):
-            return j == len(k)
-        if p[i] == "#":
-            return any(match(i + 1, jj) for jj in range(j, len(k) + 1))
-        return j < len(k) and p[i] in ("*", k[j]) and match(i + 1, j + 1)
-
-    return match(0, 0)
 
 
 class _Fanout:

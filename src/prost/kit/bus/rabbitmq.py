@@ -335,16 +335,7 @@ class RabbitMQBus(MessageBus):
             target = self.dead_queue(service)
         else:
             target = self.retry_queue(service, retry_delay_ms(attempts, self.retry_base_delay_ms))
-        copy = aio_pika.Message(
-            body=message.body,
-            message_id=message.message_id,
-            type=message.type,
-            correlation_id=message.correlation_id,
-            timestamp=message.timestamp,
-            content_type=message.content_type,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            headers=headers,
-        )
+        copy = _copy(message, headers)
         try:
             await self._send_to_queue(target, copy)
         except (aiormq.exceptions.PublishError, *_TRANSIENT) as exc:
@@ -395,19 +386,7 @@ class RabbitMQBus(MessageBus):
                     continue
                 fresh = {k: v for k, v in headers.items() if k not in (ATTEMPTS, REASON, PARKED_AT, DEAD_ID, "x-death")}
                 fresh["x-prost-replayed-from"] = dead_id
-                await self._send_to_queue(
-                    service,
-                    aio_pika.Message(
-                        body=message.body,
-                        message_id=message.message_id,
-                        type=message.type,
-                        correlation_id=message.correlation_id,
-                        timestamp=message.timestamp,
-                        content_type=message.content_type,
-                        delivery_mode=DeliveryMode.PERSISTENT,
-                        headers=fresh,
-                    ),
-                )
+                await self._send_to_queue(service, _copy(message, fresh))
                 await message.ack()
                 replayed += 1
         finally:
@@ -415,6 +394,20 @@ class RabbitMQBus(MessageBus):
                 with contextlib.suppress(*_TRANSIENT):
                     await channel.close()
         return replayed
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The same persistent message with new headers (to a retry, dead or service queue)."""
+    return aio_pika.Message(
+        body=message.body,
+        message_id=message.message_id,
+        type=message.type,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        content_type=message.content_type,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        headers=headers,
+    )
 
 
 def _int(value: Any) -> int:
