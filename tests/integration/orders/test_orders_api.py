@@ -10,6 +10,7 @@ import httpx
 import orjson
 import pytest
 from orders_support import (
+    DECLINED,
     final,
     make_product,
     order_body,
@@ -386,14 +387,16 @@ async def test_an_order_is_visible_to_its_owner_and_admins_and_404_to_anyone_els
 # -- cancelling and the saga view -------------------------------------------------------------------
 
 
-async def test_a_confirmed_or_rejected_order_cannot_be_cancelled(client: httpx.AsyncClient) -> None:
+async def test_a_confirmed_rejected_or_cancelled_order_cannot_be_cancelled(client: httpx.AsyncClient) -> None:
     item = await make_product(client, stock=1)
     _, token = await register(client)
+    declined = await place(client, token, (item["id"], 1), card=DECLINED)
+    assert (await final(client, token, declined["id"]))["status"] == "cancelled"
     confirmed = await place(client, token, (item["id"], 1))
-    await final(client, token, confirmed["id"])
+    assert (await final(client, token, confirmed["id"]))["status"] == "confirmed"
     rejected = await place(client, token, (item["id"], 1))
-    await final(client, token, rejected["id"])
-    for order in (confirmed, rejected):
+    assert (await final(client, token, rejected["id"]))["status"] == "rejected"
+    for order in (declined, confirmed, rejected):
         r = await client.post(f"/api/v1/orders/{order['id']}/cancel", headers=bearer(token))
         assert r.status_code == 409
         assert r.json()["error"] == "conflict"
