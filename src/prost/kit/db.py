@@ -8,6 +8,8 @@ Nothing connects at import time: engines are made by each service's bootstrap.
 
 from __future__ import annotations
 
+from functools import cache
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -52,6 +54,21 @@ def schema_metadata(schema: str) -> sa.MetaData:
     outbox_table(metadata)
     idempotency_table(metadata)
     return metadata
+
+
+@cache
+def _shared_tables(schema: str) -> sa.MetaData:
+    return schema_metadata(schema)
+
+
+def outbox_of(schema: str) -> sa.Table:
+    """The `outbox` table of one service schema (built once per schema)."""
+    return _shared_tables(schema).tables[f"{schema}.outbox"]
+
+
+def idempotency_of(schema: str) -> sa.Table:
+    """The `idempotency_records` table of one service schema (built once per schema)."""
+    return _shared_tables(schema).tables[f"{schema}.idempotency_records"]
 
 
 def outbox_table(metadata: sa.MetaData) -> sa.Table:

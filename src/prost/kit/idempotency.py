@@ -43,7 +43,6 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any
 
 import orjson
@@ -51,7 +50,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from prost.kit.db import Session, schema_metadata
+from prost.kit.db import Session, idempotency_of
 from prost.kit.errors import Conflict, IdempotencyKeyReused, JSONBody, ValidationFailed
 from prost.kit.service import BackgroundLoop, ServiceContext
 
@@ -61,11 +60,6 @@ HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 RETENTION = timedelta(hours=24)
 _PURGE_CHUNK = 1000
-
-
-@cache
-def records_of(schema: str) -> sa.Table:
-    return schema_metadata(schema).tables[f"{schema}.idempotency_records"]
 
 
 def parse_key(raw: str | None) -> str | None:
@@ -118,7 +112,7 @@ class IdempotencyStore:
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
-        self.table = records_of(schema)
+        self.table = idempotency_of(schema)
 
     def _where(self, req: IdempotentRequest) -> sa.ColumnElement[bool]:
         t = self.table

@@ -28,17 +28,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit.bus.base import Handler
-from prost.kit.db import Session, schema_metadata
+from prost.kit.db import Session, idempotency_of
 from prost.kit.messages import Envelope
 
 Effect = Callable[[Session], Awaitable[None]]
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-@cache
-def idempotency_of(schema: str) -> sa.Table:
-    """The `idempotency_records` table of one service schema."""
-    return schema_metadata(schema).tables[f"{schema}.idempotency_records"]
 
 
 @cache

@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit.bus.base import MessageBus, PublishError, Unroutable
-from prost.kit.db import Session, schema_metadata
+from prost.kit.db import Session, outbox_of
 from prost.kit.messages import Envelope
 
 log = logging.getLogger("prost.outbox")
@@ -61,12 +61,6 @@ _UNROUTABLE_MAX_DELAY = 300.0
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
 _PURGE_EVERY_SECONDS = 300.0
 _PURGE_CHUNK = 5000
-
-
-@cache
-def outbox_of(schema: str) -> sa.Table:
-    """The `outbox` table of one service schema."""
-    return schema_metadata(schema).tables[f"{schema}.outbox"]
 
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
