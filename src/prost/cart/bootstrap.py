@@ -24,5 +24,4 @@ def definition() -> ServiceDefinition:
         subscriptions=handlers.SUBSCRIPTIONS,
         background=[operations.hold_pending_lines_forever, idempotency.purge_loop(api.STORE)],
         on_startup=[install_outbound_limit],
-        depends_on=["catalog", "orders"],
     )

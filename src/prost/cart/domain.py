@@ -33,7 +33,6 @@ from prost.kit.errors import Conflict, NotFound, ValidationFailed
 MIN_QUANTITY = 1
 MAX_QUANTITY = 1000
 CENT = Decimal("0.01")
-DEFAULT_CURRENCY = "USD"
 
 
 class CartStatus(StrEnum):

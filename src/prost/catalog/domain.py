@@ -4,7 +4,6 @@
 Errors (each with its contract code)::
 
     ProductNotFound        not_found            404
-    CategoryNotFound       not_found            404
     UnknownCategory        validation_error     422   (a body names a category that does not exist)
     SkuTaken               conflict             409
     SlugTaken              conflict             409
@@ -45,10 +44,6 @@ SORTS: Final = ("name", "-name", "price", "-price", "created_at", "-created_at")
 
 class ProductNotFound(NotFound):
     default_message = "no such product"
-
-
-class CategoryNotFound(NotFound):
-    default_message = "no such category"
 
 
 class UnknownCategory(ValidationFailed):

@@ -156,7 +156,5 @@ product_counts = sa.Table(
 """Active products per category, kept by triggers on `products` (second migration):
 the `total` of an unfiltered or category-only listing without counting rows."""
 
-NO_CATEGORY = "00000000-0000-0000-0000-000000000000"
-
 outbox = metadata.tables["catalog.outbox"]
 idempotency_records = metadata.tables["catalog.idempotency_records"]

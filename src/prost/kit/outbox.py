@@ -244,17 +244,7 @@ class OutboxRelay:
             if deleted < _PURGE_CHUNK:
                 return total
 
-    async def pending(self) -> int:
-        """How many rows are not sent yet (for metrics and tests)."""
-        t = self.table
-        async with self.engine.connect() as conn:
-            count = await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.sent_at.is_(None)))
-        return int(count or 0)
-
     # -- the loop --------------------------------------------------------------------
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self) -> None:
         """Relay until cancelled: on every notification, and every `poll_seconds`."""

@@ -67,8 +67,6 @@ class ServiceDefinition:
     subscriptions: Mapping[str, EventHandler | Raw] = field(default_factory=dict)
     background: Sequence[BackgroundLoop] = ()
     on_startup: Sequence[Callable[[ServiceContext], Awaitable[None]]] = ()
-    depends_on: Sequence[str] = ()
-    """Services this one calls over HTTP (for readiness and client set-up)."""
 
 
 def context_dependency(service: str) -> Callable[[Request], ServiceContext]:

@@ -20,5 +20,4 @@ def definition() -> ServiceDefinition:
         internal_routers=[api.internal_router],
         subscriptions=handlers.SUBSCRIPTIONS,
         background=[reconcile_sagas, idempotency.purge_loop(api.IDEMPOTENCY)],
-        depends_on=["catalog", "payments"],
     )

@@ -193,10 +193,6 @@ class Saga:
             return "failed"
         return "compensated"
 
-    @property
-    def is_final(self) -> bool:
-        return self.order_status in FINAL_STATUSES
-
     def compensation(self, action: Action) -> Compensation | None:
         return self.compensations.get(action)
 
