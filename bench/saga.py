@@ -537,12 +537,14 @@ async def minimal_chain(api: Api, database_url: str, broker_url: str | None, sec
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="prost-bench-saga-") as tmp:
+        log_dir = Path(args.keep_logs or tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
         if args.url:
             context: contextlib.AbstractAsyncContextManager[Target] = contextlib.nullcontext(
                 Target(args.url, args.admin_email, args.admin_password, args.database_url, args.broker_url)
             )
         else:
-            context = started(args.mode, Path(tmp))
+            context = started(args.mode, log_dir)
         async with context as target:
             return await bench(target, args)
 
@@ -619,6 +621,7 @@ def main() -> None:
         "--broker-url", default=os.environ.get("PROST_BROKER_URL"), help="for the baseline chain (--url)"
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured phase")
+    parser.add_argument("--keep-logs", metavar="DIR", help="write the servers' log (and data) there and keep it")
     parser.add_argument("--baseline-seconds", type=float, default=5.0)
     args = parser.parse_args()
     with contextlib.suppress(ImportError):
