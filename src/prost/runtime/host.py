@@ -35,7 +35,7 @@ log = logging.getLogger("prost.runtime")
 
 
 def handler_for(
-    ctx: ServiceContext, routing_key: str, target: EventHandler | Raw
+    ctx: ServiceContext, box: inbox.Inbox, routing_key: str, target: EventHandler | Raw
 ) -> Callable[[Envelope], Awaitable[None]]:
     async def on_message(envelope: Envelope) -> None:
         token = correlation_id_var.set(envelope.correlation_id)
@@ -43,7 +43,7 @@ def handler_for(
             if isinstance(target, Raw):
                 await target.handler(envelope, ctx)
             else:
-                await inbox.handle_once(ctx.engine, ctx.name, envelope, lambda session: target(envelope, session, ctx))
+                await box.handle(envelope, lambda session: target(envelope, session, ctx))
         finally:
             correlation_id_var.reset(token)
 
@@ -54,9 +54,11 @@ def handler_for(
 def dispatcher(ctx: ServiceContext, definition: ServiceDefinition) -> Callable[[Envelope], Awaitable[None]]:
     """One consumer callback for the service's queue: picks the handler by routing key.
 
-    Bindings may be patterns; the first subscription whose pattern matches wins.
+    Bindings may be patterns; the first subscription whose pattern matches wins. The
+    service's handlers share one `Inbox`, so events that arrive together commit together.
     """
-    handlers = {key: handler_for(ctx, key, target) for key, target in definition.subscriptions.items()}
+    box = inbox.Inbox(ctx.engine, ctx.name)
+    handlers = {key: handler_for(ctx, box, key, target) for key, target in definition.subscriptions.items()}
 
     async def dispatch(envelope: Envelope) -> None:
         handler = handlers.get(envelope.event_type)

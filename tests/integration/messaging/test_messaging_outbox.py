@@ -219,6 +219,92 @@ async def test_two_copies_at_once_take_effect_once(engine: AsyncEngine) -> None:
     assert await effects(engine, "msg_b", "race") == [event.event_id]
 
 
+async def effect_transactions(engine: AsyncEngine, schema: str, service: str) -> int:
+    """How many transactions wrote this service's effects (rows of one share an xmin)."""
+    async with engine.connect() as conn:
+        return int(
+            await conn.scalar(
+                sa.text(f"SELECT count(DISTINCT xmin::text) FROM {schema}.effects WHERE service = :s"), {"s": service}
+            )
+            or 0
+        )
+
+
+async def test_group_commit_puts_events_that_arrive_together_in_one_transaction(engine: AsyncEngine) -> None:
+    box = inbox.Inbox(engine, "group", schema="msg_b")
+    events = [envelope("order.placed") for _ in range(40)]
+
+    async def handle(event: Envelope) -> bool:
+        return await box.handle(event, lambda session: record_effect(session, "msg_b", "group", event))
+
+    assert await asyncio.gather(*(handle(e) for e in events)) == [True] * 40
+    assert sorted(await effects(engine, "msg_b", "group")) == sorted(e.event_id for e in events)
+    # The first event starts alone; the other 39 wait for it and share (at most 32 a batch).
+    assert await effect_transactions(engine, "msg_b", "group") <= 3
+    assert await asyncio.gather(*(handle(e) for e in events)) == [False] * 40  # all recorded
+    assert len(await effects(engine, "msg_b", "group")) == 40
+
+
+async def test_group_commit_a_failing_event_fails_alone_and_duplicates_take_effect_once(engine: AsyncEngine) -> None:
+    box = inbox.Inbox(engine, "group-fail", schema="msg_b")
+    first, good, bad = envelope("order.placed"), envelope("order.placed"), envelope("order.placed")
+    runs: list[uuid.UUID] = []
+
+    async def effect(event: Envelope, session: Session) -> None:
+        runs.append(event.event_id)
+        await record_effect(session, "msg_b", "group-fail", event)
+        if event is bad:
+            raise RuntimeError("this one is broken")
+
+    async def handle(event: Envelope) -> bool:
+        return await box.handle(event, lambda session: effect(event, session))
+
+    # `first` opens a transaction; the rest queue behind it and form one batch, in which
+    # `bad` fails: that batch rolls back and each of its events runs alone.
+    results = await asyncio.gather(
+        handle(first), handle(good), handle(bad), handle(good), handle(first), return_exceptions=True
+    )
+    assert results[0] is True
+    assert sorted(results[1::3], key=str) == [False, True]  # `good` twice: one effect
+    assert isinstance(results[2], RuntimeError)
+    assert results[4] is False  # `first` again: already recorded
+    assert sorted(await effects(engine, "msg_b", "group-fail")) == sorted([first.event_id, good.event_id])
+    async with engine.connect() as conn:
+        assert not await inbox.seen(conn, "group-fail", bad.event_id, schema="msg_b")  # not marked processed
+    assert runs.count(bad.event_id) == 2  # in the batch, then alone
+
+
+async def test_group_commit_does_not_wait_long_for_a_lock_held_elsewhere(engine: AsyncEngine) -> None:
+    """A batch that meets a row lock held by another transaction gives up after the
+    batch lock timeout and runs its events one by one, which wait as usual."""
+    box = inbox.Inbox(engine, "group-lock", schema="msg_b")
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE IF NOT EXISTS msg_b.counter (id int PRIMARY KEY, n int NOT NULL)"))
+        await conn.execute(sa.text("INSERT INTO msg_b.counter VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = 0"))
+    lead, *rest = [envelope("order.placed") for _ in range(5)]
+    runs: list[uuid.UUID] = []
+
+    async def bump(event: Envelope, session: Session) -> None:
+        runs.append(event.event_id)
+        await session.execute(sa.text("UPDATE msg_b.counter SET n = n + 1 WHERE id = 1"))
+
+    async with engine.connect() as holder:
+        await holder.execute(sa.text("SELECT n FROM msg_b.counter WHERE id = 1 FOR UPDATE"))
+        # `lead` takes its transaction alone and is slow; the others queue and become a
+        # batch, which meets the lock, times out, and falls back to one at a time.
+        leading = asyncio.create_task(box.handle(lead, lambda session: asyncio.sleep(0.1)))
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(box.handle(e, lambda session, e=e: bump(e, session))) for e in rest]
+        await asyncio.sleep(0.1 + 3 * inbox.BATCH_LOCK_TIMEOUT_MS / 1000)
+        assert leading.done()
+        assert runs == [rest[0].event_id, rest[0].event_id]  # tried in the batch, now alone (waiting)
+        assert not any(task.done() for task in waiting)
+        await holder.rollback()
+    assert await asyncio.gather(*waiting) == [True] * 4
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.text("SELECT n FROM msg_b.counter WHERE id = 1")) == 4
+
+
 async def test_purge_removes_only_sent_rows_older_than_the_retention(engine: AsyncEngine, harness: Harness) -> None:
     await clear_outbox(engine, "msg_a")
     old_sent, new_sent, old_unsent = envelope("a.b"), envelope("a.b"), envelope("a.b")

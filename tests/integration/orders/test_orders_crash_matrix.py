@@ -64,8 +64,8 @@ CASES = [
 def crash_after(service: str, event_type: str, crashed: asyncio.Event) -> Callable[..., Any]:
     real = host.handler_for
 
-    def handler_for(ctx: Any, routing_key: str, target: Any) -> Any:
-        inner = real(ctx, routing_key, target)
+    def handler_for(ctx: Any, box: Any, routing_key: str, target: Any) -> Any:
+        inner = real(ctx, box, routing_key, target)
         if ctx.name != service or routing_key != event_type:
             return inner
 
