@@ -67,22 +67,28 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 @cache
-def _statements(schema: str) -> tuple[sa.TextClause, sa.TextClause, sa.TextClause]:
-    """(insert + notify in one statement, insert alone, notify alone) for one schema.
+def _statements(schema: str) -> tuple[sa.TextClause, sa.TextClause]:
+    """(one envelope, several envelopes) for one schema: each inserts and notifies in a
+    single statement (one round trip).
 
     Plain text statements, built once per schema: the hot path pays no SQL compilation,
-    and the envelope goes in as JSON text made by orjson, cast to jsonb by the server."""
+    and the envelope goes in as JSON text made by orjson, cast to jsonb by the server.
+    A data-modifying CTE runs whether or not it is read; selecting from it makes one
+    round trip do both. The NOTIFY is queued in this transaction: it fires only at commit."""
     if not _SCHEMA_NAME.match(schema):
         raise ValueError(f"not a service schema name: {schema!r}")
-    insert = (
-        f'INSERT INTO "{schema}".outbox (event_id, event_type, envelope) '
-        "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))"
+    notify = f"SELECT pg_notify('{CHANNEL}', :schema) FROM ins LIMIT 1"
+    one = sa.text(
+        f'WITH ins AS (INSERT INTO "{schema}".outbox (event_id, event_type, envelope) '
+        "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb)) RETURNING seq) " + notify
     )
-    # A data-modifying CTE runs whether or not it is read; selecting from it makes one
-    # round trip do both. The NOTIFY is queued in this transaction: it fires only at commit.
-    both = sa.text(f"WITH ins AS ({insert} RETURNING seq) SELECT pg_notify('{CHANNEL}', :schema) FROM ins LIMIT 1")
-    notify = sa.text(f"SELECT pg_notify('{CHANNEL}', :schema)")
-    return both, sa.text(insert), notify
+    several = sa.text(
+        f'WITH ins AS (INSERT INTO "{schema}".outbox (event_id, event_type, envelope) '
+        "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
+        "CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:envelopes AS text[])"
+        ") WITH ORDINALITY AS e (event_id, event_type, envelope, n) ORDER BY e.n RETURNING seq) " + notify
+    )
+    return one, several
 
 
 def _params(envelope: Envelope) -> dict[str, Any]:
@@ -92,19 +98,29 @@ def _params(envelope: Envelope) -> dict[str, Any]:
 async def add_to_outbox(session: Session, envelope: Envelope) -> None:
     """Queue `envelope` for publishing in `<envelope.producer>.outbox`, in the caller's
     transaction: it is published if and only if that transaction commits."""
-    both, _, _ = _statements(envelope.producer)
-    await session.execute(both, {**_params(envelope), "schema": envelope.producer})
+    one, _ = _statements(envelope.producer)
+    await session.execute(one, {**_params(envelope), "schema": envelope.producer})
 
 
 async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> None:
-    """`add_to_outbox` for several envelopes (one executemany per producer schema)."""
-    by_schema: dict[str, list[dict[str, Any]]] = {}
+    """`add_to_outbox` for several envelopes, in their order: one statement per producer schema."""
+    by_schema: dict[str, list[Envelope]] = {}
     for envelope in envelopes:
-        by_schema.setdefault(envelope.producer, []).append(_params(envelope))
-    for schema, rows in by_schema.items():
-        _, insert, notify = _statements(schema)
-        await session.execute(insert, rows)
-        await session.execute(notify, {"schema": schema})
+        by_schema.setdefault(envelope.producer, []).append(envelope)
+    for schema, group in by_schema.items():
+        if len(group) == 1:
+            await add_to_outbox(session, group[0])
+            continue
+        _, several = _statements(schema)
+        await session.execute(
+            several,
+            {
+                "event_ids": [e.event_id for e in group],
+                "event_types": [e.event_type for e in group],
+                "envelopes": [e.to_json().decode() for e in group],
+                "schema": schema,
+            },
+        )
 
 
 def listen_dsn(engine: AsyncEngine) -> str:
@@ -262,8 +278,10 @@ class OutboxRelay:
                     backoff = min(backoff * 2, _BACKOFF_MAX)
                     continue
                 backoff = _BACKOFF_MIN
-                if claimed:
-                    continue  # more may be waiting; notifications that came meanwhile are covered
+                if claimed >= self.batch_size:
+                    continue  # a full batch: more are probably waiting
+                # A short batch took every row committed before it started; a row committed
+                # since has notified, which set `_wake` again: no empty claim just to check.
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
                     try:
