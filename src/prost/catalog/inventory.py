@@ -63,34 +63,58 @@ def _seconds(ttl_seconds: float) -> sa.ColumnElement[Any]:
 # -- locks and counters ------------------------------------------------------------
 
 
-async def lock_products(session: Session, product_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, StockState]:
+async def lock_products(
+    session: Session, product_ids: Iterable[uuid.UUID] = (), *, reserved_by: tuple[str, uuid.UUID] | None = None
+) -> dict[uuid.UUID, StockState]:
     """Lock the products' rows in id order (the global order) and read their counters.
+    `reserved_by=(kind, owner_id)` adds the products of that owner's active
+    reservations (read without locks, as the way to find them), in the same statement.
     Unknown ids are simply absent."""
     ids = sorted(set(product_ids))
-    if not ids:
+    where: sa.ColumnElement[bool] | None = _P.c.id.in_(ids) if ids else None
+    if reserved_by is not None:
+        kind, owner_id = reserved_by
+        owned = _P.c.id.in_(
+            sa.select(_R.c.product_id).where(_R.c.kind == kind, _R.c.owner_id == owner_id, _R.c.status == "active")
+        )
+        where = owned if where is None else sa.or_(where, owned)
+    if where is None:
         return {}
     rows = (
         await session.execute(
             sa.select(_P.c.id, _P.c.stock, _P.c.reserved, _P.c.active)
-            .where(_P.c.id.in_(ids))
-            .order_by(_P.c.id)
+            .where(where)
+            .order_by(_P.c.id)  # locks are taken in this order (LockRows above the sort)
             .with_for_update()
         )
     ).all()
     return {r.id: StockState(r.id, r.stock, r.reserved, r.active) for r in rows}
 
 
+def _rows_of_arrays(name: str, **columns: sa.types.TypeEngine[Any]) -> sa.Subquery:
+    """A derived table of parallel arrays, bound when executed as `<name>_<column>`
+    (`unnest` zips them): a statement over it is compiled once, whatever the rows."""
+    return sa.select(
+        *(sa.func.unnest(sa.bindparam(f"{name}_{col}", type_=pg.ARRAY(t))).label(col) for col, t in columns.items())
+    ).subquery(name)
+
+
+_deltas = _rows_of_arrays("d", id=pg.UUID(as_uuid=True), delta=sa.Integer())
+_ADD_RESERVED = sa.update(_P).where(_P.c.id == _deltas.c.id).values(reserved=_P.c.reserved + _deltas.c.delta)
+
+_sales = _rows_of_arrays("s", id=pg.UUID(as_uuid=True), sold=sa.Integer(), unreserved=sa.Integer())
+_SELL = (
+    sa.update(_P)
+    .where(_P.c.id == _sales.c.id)
+    .values(stock=_P.c.stock - _sales.c.sold, reserved=_P.c.reserved - _sales.c.unreserved, updated_at=sa.func.now())
+)
+
+
 async def _add_reserved(session: Session, deltas: Mapping[uuid.UUID, int]) -> None:
     """`reserved += delta` per product (the rows are already locked)."""
     changes = [(pid, d) for pid, d in sorted(deltas.items()) if d]
-    if not changes:
-        return
-    if len(changes) == 1:
-        pid, delta = changes[0]
-        await session.execute(sa.update(_P).where(_P.c.id == pid).values(reserved=_P.c.reserved + delta))
-        return
-    d = sa.values(sa.column("id", pg.UUID(as_uuid=True)), sa.column("delta", sa.Integer), name="d").data(changes)
-    await session.execute(sa.update(_P).where(_P.c.id == d.c.id).values(reserved=_P.c.reserved + d.c.delta))
+    if changes:
+        await session.execute(_ADD_RESERVED, {"d_id": [c[0] for c in changes], "d_delta": [c[1] for c in changes]})
 
 
 def _by_product(rows: Iterable[Any]) -> dict[uuid.UUID, int]:
@@ -344,19 +368,8 @@ async def release_hold(session: Session, *, cart_id: uuid.UUID, product_id: uuid
     return True
 
 
-async def _owner_products(session: Session, *, kind: str, owner_id: uuid.UUID) -> list[uuid.UUID]:
-    """Products of the owner's active reservations (read without locks, to lock them)."""
-    return list(
-        (
-            await session.scalars(
-                sa.select(_R.c.product_id).where(_R.c.kind == kind, _R.c.owner_id == owner_id, _R.c.status == "active")
-            )
-        ).all()
-    )
-
-
 async def _extend(session: Session, *, kind: str, owner_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
-    await lock_products(session, await _owner_products(session, kind=kind, owner_id=owner_id))
+    await lock_products(session, reserved_by=(kind, owner_id))
     rows = (
         await session.execute(
             sa.update(_R)
@@ -427,13 +440,22 @@ class OrderClaim:
 
 
 async def _claim_order(
-    session: Session, order_id: uuid.UUID, *, state: OrderState, cart_id: uuid.UUID | None = None
+    session: Session,
+    order_id: uuid.UUID,
+    *,
+    state: OrderState,
+    cart_id: uuid.UUID | None = None,
+    expect_row: bool = False,
 ) -> OrderClaim:
     """Create the order's `order_stock` row in `state`, or lock the existing one.
 
     The row is the first lock every saga step takes: steps about one order run one
     after the other, and whichever arrives first decides (a cancellation that comes
-    before the order leaves `cancelled`, and the late order reserves nothing)."""
+    before the order leaves `cancelled`, and the late order reserves nothing).
+    `expect_row`: the step usually comes after the reservation made the row, so lock
+    first and insert only when it is missing (one statement instead of two)."""
+    if expect_row and (row := await _lock_order_row(session, order_id)) is not None:
+        return OrderClaim(False, row.state, row.shortages)
     inserted = await session.scalar(
         pg.insert(_O)
         .values(order_id=order_id, state=state, cart_id=cart_id)
@@ -442,10 +464,15 @@ async def _claim_order(
     )
     if inserted is not None:
         return OrderClaim(True, state)
-    row = (
-        await session.execute(sa.select(_O.c.state, _O.c.shortages).where(_O.c.order_id == order_id).with_for_update())
-    ).one()
+    row = await _lock_order_row(session, order_id)
+    assert row is not None  # it conflicted, and rows of order_stock are never deleted
     return OrderClaim(False, row.state, row.shortages)
+
+
+async def _lock_order_row(session: Session, order_id: uuid.UUID) -> Any:
+    return (
+        await session.execute(sa.select(_O.c.state, _O.c.shortages).where(_O.c.order_id == order_id).with_for_update())
+    ).first()
 
 
 async def _set_order_state(session: Session, order_id: uuid.UUID, state: OrderState, **values: Any) -> None:
@@ -619,15 +646,14 @@ async def commit_order(session: Session, *, order_id: uuid.UUID, lines: Iterable
     is taken from free stock if there is enough; if not, it is reported in `missing`
     and nothing is taken for it. Once committed or cancelled, nothing changes."""
     wanted = domain.merge_lines(lines)
-    claim = await _claim_order(session, order_id, state="committed")
+    claim = await _claim_order(session, order_id, state="committed", expect_row=True)
     if not claim.created and claim.state in ("committed", "cancelled"):
         if claim.state == "cancelled":
             log.warning("order %s confirmed after its stock was released; nothing committed", order_id)
         return Commit("ignored")
     if claim.created or claim.state == "failed":
         log.warning("order %s confirmed without a reservation here; taking its units from free stock", order_id)
-    ids = set(wanted) | set(await _owner_products(session, kind="order", owner_id=order_id))
-    states = await lock_products(session, ids)
+    states = await lock_products(session, wanted, reserved_by=("order", order_id))
     reserved_rows = await _order_rows(session, order_id)
     from_reservation = {r.product_id: r.quantity for r in reserved_rows}
     from_free = {pid: q for pid, q in wanted.items() if pid not in from_reservation}
@@ -646,16 +672,14 @@ async def commit_order(session: Session, *, order_id: uuid.UUID, lines: Iterable
         )
     sold = {**from_reservation, **taken}
     if sold:
-        d = sa.values(
-            sa.column("id", pg.UUID(as_uuid=True)),
-            sa.column("sold", sa.Integer),
-            sa.column("unreserved", sa.Integer),
-            name="d",
-        ).data([(pid, q, from_reservation.get(pid, 0)) for pid, q in sorted(sold.items())])
+        lines = sorted(sold.items())
         await session.execute(
-            sa.update(_P)
-            .where(_P.c.id == d.c.id)
-            .values(stock=_P.c.stock - d.c.sold, reserved=_P.c.reserved - d.c.unreserved, updated_at=sa.func.now())
+            _SELL,
+            {
+                "s_id": [pid for pid, _ in lines],
+                "s_sold": [q for _, q in lines],
+                "s_unreserved": [from_reservation.get(pid, 0) for pid, _ in lines],
+            },
         )
     if not claim.created:
         await _set_order_state(session, order_id, "committed")
@@ -687,13 +711,13 @@ async def release_order(session: Session, *, order_id: uuid.UUID) -> Release:
     """The order ended without a sale: give back its active reservation. Before the
     order was ever reserved, this leaves a `cancelled` mark so it never will be; after
     a first release nothing more is given back; after a commit nothing changes."""
-    claim = await _claim_order(session, order_id, state="cancelled")
+    claim = await _claim_order(session, order_id, state="cancelled", expect_row=True)
     if claim.created or claim.state == "cancelled":
         return Release("released")
     if claim.state == "committed":
         log.warning("order %s cancelled after its stock was committed; stock left as sold", order_id)
         return Release("sold")
-    await lock_products(session, await _owner_products(session, kind="order", owner_id=order_id))
+    await lock_products(session, reserved_by=("order", order_id))
     rows = (
         await session.execute(
             sa.update(_R)
