@@ -20,8 +20,8 @@ class Settings(BaseSettings):
     http_port: int = 8000
     database_url: str | None = None
     # connections per process: pool size + overflow (embedded: one pool for every service)
-    db_pool_size: int = 5
-    db_max_overflow: int = 5
+    db_pool_size: int = 10
+    db_max_overflow: int = 0
     broker_url: str | None = None
     rabbitmq_quorum: bool = False
     rabbitmq_prefetch: int = 64
