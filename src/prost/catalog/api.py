@@ -330,7 +330,7 @@ async def deactivate_product(product_id: uuid.UUID, ctx: Ctx, _admin: AdminUser)
 # -- internal: quotes and holds ----------------------------------------------------
 
 
-def cart_service(caller: ServiceCaller) -> str:
+async def cart_service(caller: ServiceCaller) -> str:
     """Holds belong to carts: only the cart service places or moves them."""
     if caller != "cart":
         raise Forbidden("holds are managed by the cart service")

@@ -69,8 +69,8 @@ class ServiceDefinition:
     on_startup: Sequence[Callable[[ServiceContext], Awaitable[None]]] = ()
 
 
-def context_dependency(service: str) -> Callable[[Request], ServiceContext]:
-    def get_context(request: Request) -> ServiceContext:
+def context_dependency(service: str) -> Callable[[Request], Awaitable[ServiceContext]]:
+    async def get_context(request: Request) -> ServiceContext:  # async: no worker thread
         ctx: ServiceContext = request.app.state.services[service]
         return ctx
 
