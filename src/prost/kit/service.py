@@ -42,7 +42,10 @@ class ServiceContext:
 
 EventHandler = Callable[[Envelope, Session, ServiceContext], Awaitable[None]]
 """Runs inside the inbox transaction: its writes and outbox rows commit together with
-the `(event_id, service)` record, or not at all."""
+the `(event_id, service)` record, or not at all. The transaction may be shared with
+other events of the service that arrived at the same time (group commit, `kit.inbox`)
+and, if it rolls back, the handler runs again alone: database work only, nothing it
+could not do twice (no calls to other services, no side effects outside the session)."""
 
 RawEventHandler = Callable[[Envelope, ServiceContext], Awaitable[None]]
 """Manages its own transactions (and its own inbox use); for handlers that must call
