@@ -10,6 +10,8 @@ Modes:
                        processes, RabbitMQ (a fresh vhost), the same PostgreSQL
   --url URL            an already-running prost (admin from --admin-email/--admin-password,
                        rate limit off); CPU is then the machine's only
+  --set PROST_X=VALUE  a setting for the servers it starts (the caller's PROST_* are not
+                       passed on, so a run is the same wherever it is started)
 
 The load: 50 customers (registered first), 20 products with ample stock, the good
 test card. At the maximum rate every customer places an order, waits for its final
@@ -81,7 +83,7 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def started(mode: str, log_dir: Path) -> AsyncIterator[Target]:
+async def started(mode: str, log_dir: Path, settings: dict[str, str]) -> AsyncIterator[Target]:
     async with fresh_database() as db:
         env = {
             "PROST_DATABASE_URL": db,
@@ -90,6 +92,7 @@ async def started(mode: str, log_dir: Path) -> AsyncIterator[Target]:
             "PROST_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "PROST_BCRYPT_ROUNDS": "4",
             "PROST_DATA_DIR": str(log_dir / "data"),
+            **settings,
         }
         port = free_port()
         if mode == "embedded":
@@ -544,7 +547,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 Target(args.url, args.admin_email, args.admin_password, args.database_url, args.broker_url)
             )
         else:
-            context = started(args.mode, log_dir)
+            context = started(args.mode, log_dir, dict(item.split("=", 1) for item in args.set))
         async with context as target:
             return await bench(target, args)
 
@@ -622,6 +625,13 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured phase")
     parser.add_argument("--keep-logs", metavar="DIR", help="write the servers' log (and data) there and keep it")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PROST_X=VALUE",
+        help="a setting for the servers it starts (repeatable); the caller's PROST_* are not passed on",
+    )
     parser.add_argument("--baseline-seconds", type=float, default=5.0)
     args = parser.parse_args()
     with contextlib.suppress(ImportError):
