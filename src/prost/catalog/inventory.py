@@ -103,10 +103,25 @@ _deltas = _rows_of_arrays("d", id=pg.UUID(as_uuid=True), delta=sa.Integer())
 _ADD_RESERVED = sa.update(_P).where(_P.c.id == _deltas.c.id).values(reserved=_P.c.reserved + _deltas.c.delta)
 
 _sales = _rows_of_arrays("s", id=pg.UUID(as_uuid=True), sold=sa.Integer(), unreserved=sa.Integer())
-_SELL = (
+_COMMIT_ORDER = sa.select(sa.literal(1)).add_cte(
+    # Three writes of a commit in one round trip (data-modifying CTEs all run, on
+    # different tables here): the reservations end, the units leave the shelf, the
+    # order is marked. Arrays may be empty.
+    sa.update(_R)
+    .where(_R.c.id == sa.func.any(sa.bindparam("r_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True)))))
+    .values(status="committed", end_reason="committed", updated_at=sa.func.now())
+    .returning(_R.c.id)
+    .cte("committed_reservations"),
     sa.update(_P)
     .where(_P.c.id == _sales.c.id)
     .values(stock=_P.c.stock - _sales.c.sold, reserved=_P.c.reserved - _sales.c.unreserved, updated_at=sa.func.now())
+    .returning(_P.c.id)
+    .cte("sold_products"),
+    sa.update(_O)
+    .where(_O.c.order_id == sa.bindparam("o_order_id"))
+    .values(state="committed", updated_at=sa.func.now())
+    .returning(_O.c.order_id)
+    .cte("committed_order"),
 )
 
 
@@ -664,25 +679,17 @@ async def commit_order(session: Session, *, order_id: uuid.UUID, lines: Iterable
         if pid not in states or q > states[pid].free
     ]
     taken = {pid: q for pid, q in from_free.items() if pid in states and q <= states[pid].free}
-    if reserved_rows:
-        await session.execute(
-            sa.update(_R)
-            .where(_R.c.id.in_([r.id for r in reserved_rows]))
-            .values(status="committed", end_reason="committed", updated_at=sa.func.now())
-        )
-    sold = {**from_reservation, **taken}
-    if sold:
-        lines = sorted(sold.items())
-        await session.execute(
-            _SELL,
-            {
-                "s_id": [pid for pid, _ in lines],
-                "s_sold": [q for _, q in lines],
-                "s_unreserved": [from_reservation.get(pid, 0) for pid, _ in lines],
-            },
-        )
-    if not claim.created:
-        await _set_order_state(session, order_id, "committed")
+    sold = sorted({**from_reservation, **taken}.items())
+    await session.execute(
+        _COMMIT_ORDER,
+        {
+            "r_ids": [r.id for r in reserved_rows],
+            "s_id": [pid for pid, _ in sold],
+            "s_sold": [q for _, q in sold],
+            "s_unreserved": [from_reservation.get(pid, 0) for pid, _ in sold],
+            "o_order_id": order_id,
+        },
+    )
     if missing:
         log.error(
             "order %s confirmed but %d line(s) had lost their reservation and free stock cannot cover them: %s; "
@@ -693,7 +700,7 @@ async def commit_order(session: Session, *, order_id: uuid.UUID, lines: Iterable
         )
     return Commit(
         "committed",
-        lines=[StockLine(product_id=pid, quantity=q) for pid, q in sorted(sold.items())],
+        lines=[StockLine(product_id=pid, quantity=q) for pid, q in sold],
         missing=missing,
     )
 
