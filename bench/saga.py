@@ -10,6 +10,7 @@ Modes:
                        processes, RabbitMQ (a fresh vhost), the same PostgreSQL
   --url URL            an already-running prost (admin from --admin-email/--admin-password,
                        rate limit off); CPU is then the machine's only
+  --rate R             also measure at R orders/s (repeatable), beside max and half
   --set PROST_X=VALUE  a setting for the servers it starts (the caller's PROST_* are not
                        passed on, so a run is the same wherever it is started)
 
@@ -584,6 +585,7 @@ async def bench(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         rates = [("half", max_rate / 2)]
         if max_rate > 100:
             rates.append(("at_100", 100.0))
+        rates += [(f"at_{r:g}", r) for r in args.rate if r < max_rate]
         for name, rate in rates:
             if rate < 1:
                 continue
@@ -625,6 +627,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured phase")
     parser.add_argument("--keep-logs", metavar="DIR", help="write the servers' log (and data) there and keep it")
+    parser.add_argument(
+        "--rate", action="append", type=float, default=[], help="also measure at this many orders/s (repeatable)"
+    )
     parser.add_argument(
         "--set",
         action="append",
