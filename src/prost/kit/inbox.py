@@ -68,34 +68,29 @@ Effect = Callable[[Session], Awaitable[None]]
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-@cache
-def _record_statement(schema: str) -> sa.TextClause:
-    # Built once per schema as plain text: this runs for every consumed message.
-    if not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"not a service schema name: {schema!r}")
-    return sa.text(
-        f'INSERT INTO "{schema}".idempotency_records (kind, event_id, service_name, completed_at) '
-        "VALUES ('event', :event_id, :service_name, now()) "
-        "ON CONFLICT (event_id, service_name) DO NOTHING RETURNING id"
-    )
-
-
 BATCH_LOCK_TIMEOUT_MS = 100
 """How long a batch of the group commit waits for a row lock before it falls back."""
 
 
 @cache
-def _record_batch_statement(schema: str) -> sa.TextClause:
-    # `set_config(..., true)` is `SET LOCAL lock_timeout` for this transaction, in the
-    # same round trip as the records (it is true for every row, so it filters nothing).
+def _record_statements(schema: str) -> tuple[sa.TextClause, sa.TextClause]:
+    """(one event, a batch of events) for one schema, built once as plain text: they
+    run for every consumed message. In the batch's, `set_config(..., true)` is `SET
+    LOCAL lock_timeout` for the transaction in the same round trip (true for every
+    row, it filters nothing)."""
     if not _SCHEMA_NAME.match(schema):
         raise ValueError(f"not a service schema name: {schema!r}")
-    return sa.text(
-        f'INSERT INTO "{schema}".idempotency_records (kind, event_id, service_name, completed_at) '
-        "SELECT 'event', e, :service_name, now() FROM unnest(CAST(:event_ids AS uuid[])) AS e "
-        "WHERE set_config('lock_timeout', :lock_timeout, true) IS NOT NULL "
-        "ON CONFLICT (event_id, service_name) DO NOTHING RETURNING event_id"
+    insert = f'INSERT INTO "{schema}".idempotency_records (kind, event_id, service_name, completed_at) '
+    conflict = "ON CONFLICT (event_id, service_name) DO NOTHING "
+    one = sa.text(insert + "VALUES ('event', :event_id, :service_name, now()) " + conflict + "RETURNING id")
+    batch = sa.text(
+        insert
+        + "SELECT 'event', e, :service_name, now() FROM unnest(CAST(:event_ids AS uuid[])) AS e "
+        + "WHERE set_config('lock_timeout', :lock_timeout, true) IS NOT NULL "
+        + conflict
+        + "RETURNING event_id"
     )
+    return one, batch
 
 
 async def record_batch(
@@ -103,7 +98,7 @@ async def record_batch(
 ) -> set[uuid.UUID]:
     """`record` for several distinct events in one statement, and a lock timeout of
     `BATCH_LOCK_TIMEOUT_MS` for the rest of the transaction; returns the new ones."""
-    stmt = _record_batch_statement(schema or service_name)
+    _, stmt = _record_statements(schema or service_name)
     params = {"event_ids": list(event_ids), "service_name": service_name, "lock_timeout": f"{BATCH_LOCK_TIMEOUT_MS}ms"}
     return {row[0] for row in await session.execute(stmt, params)}
 
@@ -113,7 +108,7 @@ async def record(session: Session, service_name: str, event_id: uuid.UUID, *, sc
 
     Returns False when it was already recorded (do nothing then). The record lives in
     `schema` (default: the service's own schema, named like the service)."""
-    stmt = _record_statement(schema or service_name)
+    stmt, _ = _record_statements(schema or service_name)
     return (await session.execute(stmt, {"event_id": event_id, "service_name": service_name})).first() is not None
 
 
