@@ -322,8 +322,12 @@ _ADVANCE = sa.text(
 
 
 _SAGA_SELECT = sa.select(*_SAGA_COLUMNS).select_from(saga_states.join(orders, orders.c.id == saga_states.c.order_id))
-_SAGA_FOR_UPDATE = _SAGA_SELECT.where(saga_states.c.order_id == sa.bindparam("order_id")).with_for_update(
-    of=saga_states
+_SAGA_BY_ID = _SAGA_SELECT.where(saga_states.c.order_id == sa.bindparam("order_id"))
+_SAGA_BY_IDS = _SAGA_SELECT.where(
+    saga_states.c.order_id == sa.func.any(sa.bindparam("order_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True))))
+)
+_LOCK_SAGA = (
+    sa.select(saga_states.c.order_id).where(saga_states.c.order_id == sa.bindparam("order_id")).with_for_update()
 )
 
 
@@ -331,28 +335,41 @@ class SagaRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def _select(self) -> sa.Select[Any]:
-        return _SAGA_SELECT
-
     async def get_for_update(self, order_id: uuid.UUID) -> sg.Saga | None:
-        """The saga with its row locked until the transaction ends."""
-        row = (await self.session.execute(_SAGA_FOR_UPDATE, {"order_id": order_id})).mappings().first()
+        """The saga with its row locked until the transaction ends.
+
+        Locked first, then read by a statement of its own. Under READ COMMITTED a
+        statement that waited for the lock sees the new version of the locked row, but
+        the joined order row and the compensation log as they were when it began: a
+        cancellation committed meanwhile would show as a saga already compensating
+        with an order still `pending`, and writing that back undid the cancellation.
+        The next statement sees everything committed before it."""
+        if await self.session.scalar(_LOCK_SAGA, {"order_id": order_id}) is None:
+            return None
+        row = (await self.session.execute(_SAGA_BY_ID, {"order_id": order_id})).mappings().first()
         return saga_from_row(row) if row is not None else None
 
     async def get(self, order_id: uuid.UUID) -> sg.Saga | None:
-        row = (await self.session.execute(self._select().where(saga_states.c.order_id == order_id))).mappings().first()
+        row = (await self.session.execute(_SAGA_BY_ID, {"order_id": order_id})).mappings().first()
         return saga_from_row(row) if row is not None else None
 
     async def due(self, now: datetime, *, limit: int) -> list[sg.Saga]:
-        """Sagas whose deadline has passed, locked; rows another replica holds are skipped."""
-        query = (
-            self._select()
-            .where(saga_states.c.deadline.is_not(None), saga_states.c.deadline <= now)
-            .order_by(saga_states.c.deadline)
-            .limit(limit)
-            .with_for_update(of=saga_states, skip_locked=True)
-        )
-        return [saga_from_row(row) for row in (await self.session.execute(query)).mappings()]
+        """Sagas whose deadline has passed, locked; rows another replica holds are
+        skipped. Locked, then read afresh, as in `get_for_update`."""
+        locked = (
+            await self.session.scalars(
+                sa.select(saga_states.c.order_id)
+                .where(saga_states.c.deadline.is_not(None), saga_states.c.deadline <= now)
+                .order_by(saga_states.c.deadline)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not locked:
+            return []
+        rows = (await self.session.execute(_SAGA_BY_IDS, {"order_ids": list(locked)})).mappings().all()
+        by_id = {row["order_id"]: saga_from_row(row) for row in rows}
+        return [by_id[order_id] for order_id in locked if order_id in by_id]
 
     async def compensations(self, order_id: uuid.UUID) -> list[Mapping[str, Any]]:
         rows = await self.session.execute(

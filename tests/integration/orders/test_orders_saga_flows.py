@@ -486,3 +486,55 @@ async def test_an_order_paid_with_the_silent_card_does_not_hold_up_other_orders(
             done = await final(client, other, good["id"], timeout=30)
             assert (done["status"], done["failure_reason"]) == ("confirmed", None)
             assert (await final(client, stuck, silent["id"], timeout=30))["failure_reason"] == "timeout"
+
+
+async def test_a_saga_step_that_waited_for_the_lock_sees_what_the_holder_committed(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Every saga step locks the saga row, then reads the saga. A step that waited for
+    the lock must see the order row as the holder left it, not as it was when the step
+    began (a cancellation read as `pending` and written back undid the cancellation)."""
+    from prost.orders.repository import SagaRepository
+
+    item = await make_product(client, stock=2)
+    _, token = await register(client)
+    order = await place(client, token, (item["id"], 1), card=DECLINED)
+    done = await final(client, token, order["id"])
+    assert (done["status"], done["failure_reason"]) == ("cancelled", "payment_declined")
+    order_id = uuid.UUID(order["id"])
+
+    async with engine.connect() as holder:
+        await holder.begin()
+        before = await SagaRepository(holder).get_for_update(order_id)
+        assert before is not None
+        waiter_started = asyncio.Event()
+
+        async def waiter() -> Any:
+            async with engine.connect() as conn, conn.begin():
+                waiter_started.set()
+                seen = await SagaRepository(conn).get_for_update(order_id)  # waits for `holder`
+                await conn.rollback()
+                return seen
+
+        waiting = asyncio.create_task(waiter())
+        await waiter_started.wait()
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await holder.execute(
+            sa.text("UPDATE orders.orders SET failure_reason = 'timeout' WHERE id = :o"), {"o": order_id}
+        )
+        await holder.execute(
+            sa.text("UPDATE orders.saga_states SET version = version + 1 WHERE order_id = :o"), {"o": order_id}
+        )
+        await holder.commit()
+    seen = await waiting
+    try:
+        assert seen is not None
+        assert seen.version == before.version + 1
+        assert seen.failure_reason is not None
+        assert seen.failure_reason.value == "timeout"
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE orders.orders SET failure_reason = 'payment_declined' WHERE id = :o"), {"o": order_id}
+            )
