@@ -102,6 +102,34 @@ def _rows_of_arrays(name: str, **columns: sa.types.TypeEngine[Any]) -> sa.Subque
 _deltas = _rows_of_arrays("d", id=pg.UUID(as_uuid=True), delta=sa.Integer())
 _ADD_RESERVED = sa.update(_P).where(_P.c.id == _deltas.c.id).values(reserved=_P.c.reserved + _deltas.c.delta)
 
+_new_lines = _rows_of_arrays("n", id=pg.UUID(as_uuid=True), product_id=pg.UUID(as_uuid=True), quantity=sa.Integer())
+_RESERVE_ORDER = (
+    # A reservation's writes in one round trip: the counters go up by what the cart's
+    # holds did not cover, the holds it takes over end (`converted`), and the order's
+    # rows are inserted, returning their expiry. Arrays may be empty.
+    sa.insert(_R)
+    .from_select(
+        ["id", "kind", "owner_id", "product_id", "quantity", "expires_at"],
+        sa.select(
+            _new_lines.c.id,
+            sa.literal("order"),
+            sa.bindparam("n_owner_id", type_=pg.UUID(as_uuid=True)),
+            _new_lines.c.product_id,
+            _new_lines.c.quantity,
+            sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("n_ttl", type_=sa.Float)),
+        ),
+    )
+    .returning(_R.c.expires_at)
+    .add_cte(
+        _ADD_RESERVED.returning(_P.c.id).cte("counted"),
+        sa.update(_R)
+        .where(_R.c.id == sa.func.any(sa.bindparam("h_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True)))))
+        .values(status="released", end_reason="converted", updated_at=sa.func.now())
+        .returning(_R.c.id)
+        .cte("converted_holds"),
+    )
+)
+
 _sales = _rows_of_arrays("s", id=pg.UUID(as_uuid=True), sold=sa.Integer(), unreserved=sa.Integer())
 _COMMIT_ORDER = sa.select(sa.literal(1)).add_cte(
     # Three writes of a commit in one round trip (data-modifying CTEs all run, on
@@ -572,36 +600,22 @@ async def reserve_for_order(
         await _set_order_state(session, order_id, "failed", shortages=shortages)
         return Reservation("failed", shortages=short)
 
-    await _add_reserved(session, {p.product_id: p.extra for p in plans})
-    if hold_rows:
-        await session.execute(
-            sa.update(_R)
-            .where(_R.c.id.in_([r.id for r in hold_rows]))
-            .values(status="released", end_reason="converted", updated_at=sa.func.now())
-        )
+    extra = [(p.product_id, p.extra) for p in sorted(plans, key=lambda p: p.product_id) if p.extra]
     expires_at = (
-        (
-            await session.execute(
-                sa.insert(_R)
-                .values(
-                    [
-                        {
-                            "id": uuid.uuid4(),
-                            "kind": "order",
-                            "owner_id": order_id,
-                            "product_id": p.product_id,
-                            "quantity": p.quantity,
-                            "expires_at": _seconds(ttl_seconds),
-                        }
-                        for p in plans
-                    ]
-                )
-                .returning(_R.c.expires_at)
-            )
+        await session.execute(
+            _RESERVE_ORDER,
+            {
+                "d_id": [pid for pid, _ in extra],
+                "d_delta": [n for _, n in extra],
+                "h_ids": [r.id for r in hold_rows],
+                "n_id": [uuid.uuid4() for _ in plans],
+                "n_product_id": [p.product_id for p in plans],
+                "n_quantity": [p.quantity for p in plans],
+                "n_owner_id": order_id,
+                "n_ttl": float(ttl_seconds),
+            },
         )
-        .scalars()
-        .first()
-    )
+    ).scalar()
     return Reservation(
         "reserved",
         lines=[StockLine(product_id=p.product_id, quantity=p.quantity) for p in plans],
