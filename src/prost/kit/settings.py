@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     outbox_retention_hours: int = 24
     outbox_poll_seconds: float = 2.0
     outbox_batch_size: int = 200
-    outbox_relays: int = 0  # 0: the mode's default (one per schema and process)
+    outbox_relays: int = Field(default=1, ge=1)  # relays per schema and process
 
     # inventory and the saga
     reservation_ttl_seconds: int = 120

@@ -36,13 +36,6 @@ log = logging.getLogger("prost.runtime")
 
 Progress = Callable[[str], None]
 
-EMBEDDED_RELAYS = 1
-"""Relays per schema in the embedded mode (`PROST_OUTBOX_RELAYS` overrides). On the
-in-process bus a relay holds its batch's transaction, and so a pooled connection, until
-the handlers are done; more relays pipeline the hops (bench/saga.py: up to ~20% more
-orders/s with 4) but take connections the handlers need, which under a 200-order race
-starved them into retries and dead letters. One stays the default."""
-
 
 def make_bus(settings: Settings) -> MessageBus:
     if settings.broker_url:
@@ -114,8 +107,8 @@ class System:
         self.progress("applying migrations")
         await migrations.ensure_database(self.database_url)
         await migrations.upgrade(self.database_url, services=[d for d in SERVICES if d in (self.services or SERVICES)])
-        # One pool for every service and their relays (4 per schema by default, each
-        # holding a connection while the in-process bus runs its handlers).
+        # One pool for every service, their relays (each holds a connection while the
+        # in-process bus runs its handlers) and their inboxes.
         self.engine = create_engine(self.database_url, pool_size=s.db_pool_size * 4, max_overflow=s.db_max_overflow * 4)
         self.progress("connecting the event bus")
         self.bus = make_bus(s)
@@ -135,7 +128,6 @@ class System:
             bus=self.bus,
             auth=auth,
             urls=dict.fromkeys(SERVICES, self.url),
-            default_relays=EMBEDDED_RELAYS,
         )
         from prost.gateway.embedded import create_embedded_app
 

@@ -87,10 +87,8 @@ class ServiceHost:
         urls: dict[str, str],
         consumers_per_service: int = 1,
         declare_also: Sequence[ServiceDefinition] = (),
-        default_relays: int = 1,
     ) -> None:
         self.definitions = list(definitions)
-        self.relays_per_schema = settings.outbox_relays or default_relays
         self.declare_also = list(declare_also)
         self.settings = settings
         self.engine = engine
@@ -147,10 +145,8 @@ class ServiceHost:
                 dispatch = dispatcher(ctx, d)
                 for _ in range(self.consumers_per_service):
                     await self.bus.consume(d.name, list(d.subscriptions), dispatch)
-            # Several relays per schema pipeline the outbox (SKIP LOCKED keeps their
-            # batches apart): on the in-process bus a publish lasts until the handlers
-            # are done, so one relay alone would make every hop wait for the last batch.
-            for n in range(self.relays_per_schema):
+            # PROST_OUTBOX_RELAYS relays per schema (SKIP LOCKED keeps their batches apart).
+            for n in range(self.settings.outbox_relays):
                 relay = outbox.OutboxRelay(
                     self.engine,
                     self.bus,
