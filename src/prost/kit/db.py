@@ -8,6 +8,7 @@ Nothing connects at import time: engines are made by each service's bootstrap.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import sqlalchemy as sa
@@ -46,6 +47,17 @@ def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 15, pool_
         # asyncpg prepares statements itself; keep SQLAlchemy's cache on for Core.
         connect_args={"server_settings": {"application_name": "prost"}},
     )
+
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def quoted_schema(schema: str) -> str:
+    """`"<schema>"` for SQL text built once per schema (the outbox's and inbox's hot
+    statements); anything that is not a plain service schema name is refused."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"not a service schema name: {schema!r}")
+    return f'"{schema}"'
 
 
 def schema_metadata(schema: str) -> sa.MetaData:

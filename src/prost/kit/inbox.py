@@ -47,10 +47,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -58,14 +58,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit.bus.base import Handler
-from prost.kit.db import Session, idempotency_of
+from prost.kit.db import Session, idempotency_of, quoted_schema
 from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
 
 log = logging.getLogger("prost.inbox")
 
 Effect = Callable[[Session], Awaitable[None]]
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 BATCH_LOCK_TIMEOUT_MS = 100
@@ -78,9 +77,7 @@ def _record_statements(schema: str) -> tuple[sa.TextClause, sa.TextClause]:
     run for every consumed message. In the batch's, `set_config(..., true)` is `SET
     LOCAL lock_timeout` for the transaction in the same round trip (true for every
     row, it filters nothing)."""
-    if not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"not a service schema name: {schema!r}")
-    insert = f'INSERT INTO "{schema}".idempotency_records (kind, event_id, service_name, completed_at) '
+    insert = f"INSERT INTO {quoted_schema(schema)}.idempotency_records (kind, event_id, service_name, completed_at) "
     conflict = "ON CONFLICT (event_id, service_name) DO NOTHING "
     one = sa.text(insert + "VALUES ('event', :event_id, :service_name, now()) " + conflict + "RETURNING id")
     batch = sa.text(
@@ -188,8 +185,6 @@ class Inbox:
             return
         try:
             outcome = await self._together(batch)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             log.info(
                 "%s: a batch of %d events failed together (%s: %s); each runs alone",
@@ -215,30 +210,34 @@ class Inbox:
                 ran = event_id in fresh
                 fresh.discard(event_id)  # a second copy in the same batch is a duplicate
                 if ran:
-                    token = correlation_id_var.set(waiting.envelope.correlation_id)
-                    try:
+                    with _correlated(waiting.envelope):
                         await waiting.effect(session)
-                    finally:
-                        correlation_id_var.reset(token)
                 outcome.append(ran)
         return outcome
 
     async def _one(self, waiting: _Waiting) -> None:
-        token = correlation_id_var.set(waiting.envelope.correlation_id)
         try:
-            ran = await handle_once(
-                self.engine, self.service_name, waiting.envelope, waiting.effect, schema=self.schema
-            )
-        except asyncio.CancelledError:
-            raise
+            with _correlated(waiting.envelope):
+                ran = await handle_once(
+                    self.engine, self.service_name, waiting.envelope, waiting.effect, schema=self.schema
+                )
         except Exception as exc:
             if not waiting.done.done():
                 waiting.done.set_exception(exc)
         else:
             if not waiting.done.done():
                 waiting.done.set_result(ran)
-        finally:
-            correlation_id_var.reset(token)
+
+
+@contextlib.contextmanager
+def _correlated(envelope: Envelope) -> Iterator[None]:
+    """Log lines of an effect carry its event's correlation id (a batch runs in the
+    inbox's own task, not in the delivery's)."""
+    token = correlation_id_var.set(envelope.correlation_id)
+    try:
+        yield
+    finally:
+        correlation_id_var.reset(token)
 
 
 def idempotent(

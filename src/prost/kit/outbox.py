@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -46,7 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit.bus.base import MessageBus, PublishError, Unroutable
-from prost.kit.db import Session, outbox_of
+from prost.kit.db import Session, outbox_of, quoted_schema
 from prost.kit.messages import Envelope
 
 log = logging.getLogger("prost.outbox")
@@ -63,9 +62,6 @@ _PURGE_EVERY_SECONDS = 300.0
 _PURGE_CHUNK = 5000
 
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
 @cache
 def _statements(schema: str) -> tuple[sa.TextClause, sa.TextClause]:
     """(one envelope, several envelopes) for one schema: each inserts and notifies in a
@@ -75,18 +71,15 @@ def _statements(schema: str) -> tuple[sa.TextClause, sa.TextClause]:
     and the envelope goes in as JSON text made by orjson, cast to jsonb by the server.
     A data-modifying CTE runs whether or not it is read; selecting from it makes one
     round trip do both. The NOTIFY is queued in this transaction: it fires only at commit."""
-    if not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"not a service schema name: {schema!r}")
-    notify = f"SELECT pg_notify('{CHANNEL}', :schema) FROM ins LIMIT 1"
-    one = sa.text(
-        f'WITH ins AS (INSERT INTO "{schema}".outbox (event_id, event_type, envelope) '
-        "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb)) RETURNING seq) " + notify
-    )
+    insert = f"WITH ins AS (INSERT INTO {quoted_schema(schema)}.outbox (event_id, event_type, envelope) "
+    notify = f" RETURNING seq) SELECT pg_notify('{CHANNEL}', :schema) FROM ins LIMIT 1"
+    one = sa.text(insert + "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))" + notify)
     several = sa.text(
-        f'WITH ins AS (INSERT INTO "{schema}".outbox (event_id, event_type, envelope) '
-        "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
-        "CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:envelopes AS text[])"
-        ") WITH ORDINALITY AS e (event_id, event_type, envelope, n) ORDER BY e.n RETURNING seq) " + notify
+        insert
+        + "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
+        + "CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:envelopes AS text[])"
+        + ") WITH ORDINALITY AS e (event_id, event_type, envelope, n) ORDER BY e.n"
+        + notify
     )
     return one, several
 
