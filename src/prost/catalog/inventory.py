@@ -102,6 +102,18 @@ def _rows_of_arrays(name: str, **columns: sa.types.TypeEngine[Any]) -> sa.Subque
 _deltas = _rows_of_arrays("d", id=pg.UUID(as_uuid=True), delta=sa.Integer())
 _ADD_RESERVED = sa.update(_P).where(_P.c.id == _deltas.c.id).values(reserved=_P.c.reserved + _deltas.c.delta)
 
+
+def _end_reservations(ids_param: str, status: str, end_reason: str) -> sa.CTE:
+    """A CTE ending the reservations whose ids are bound as `ids_param`."""
+    return (
+        sa.update(_R)
+        .where(_R.c.id == sa.func.any(sa.bindparam(ids_param, type_=pg.ARRAY(pg.UUID(as_uuid=True)))))
+        .values(status=status, end_reason=end_reason, updated_at=sa.func.now())
+        .returning(_R.c.id)
+        .cte(f"{end_reason}_reservations")
+    )
+
+
 _new_lines = _rows_of_arrays("n", id=pg.UUID(as_uuid=True), product_id=pg.UUID(as_uuid=True), quantity=sa.Integer())
 _RESERVE_ORDER = (
     # A reservation's writes in one round trip: the counters go up by what the cart's
@@ -122,11 +134,7 @@ _RESERVE_ORDER = (
     .returning(_R.c.expires_at)
     .add_cte(
         _ADD_RESERVED.returning(_P.c.id).cte("counted"),
-        sa.update(_R)
-        .where(_R.c.id == sa.func.any(sa.bindparam("h_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True)))))
-        .values(status="released", end_reason="converted", updated_at=sa.func.now())
-        .returning(_R.c.id)
-        .cte("converted_holds"),
+        _end_reservations("h_ids", "released", "converted"),
     )
 )
 
@@ -135,11 +143,7 @@ _COMMIT_ORDER = sa.select(sa.literal(1)).add_cte(
     # Three writes of a commit in one round trip (data-modifying CTEs all run, on
     # different tables here): the reservations end, the units leave the shelf, the
     # order is marked. Arrays may be empty.
-    sa.update(_R)
-    .where(_R.c.id == sa.func.any(sa.bindparam("r_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True)))))
-    .values(status="committed", end_reason="committed", updated_at=sa.func.now())
-    .returning(_R.c.id)
-    .cte("committed_reservations"),
+    _end_reservations("r_ids", "committed", "committed"),
     sa.update(_P)
     .where(_P.c.id == _sales.c.id)
     .values(stock=_P.c.stock - _sales.c.sold, reserved=_P.c.reserved - _sales.c.unreserved, updated_at=sa.func.now())
@@ -655,7 +659,7 @@ async def _repeat_reservation(session: Session, order_id: uuid.UUID, claim: Orde
 async def extend_order(session: Session, *, order_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
     """While payment runs: push the order's live reservation to now + ttl. Nothing
     for an order that is not (or no longer) reserved, or whose reservation ran out."""
-    row = (await session.execute(sa.select(_O.c.state).where(_O.c.order_id == order_id).with_for_update())).first()
+    row = await _lock_order_row(session, order_id)
     if row is None or row.state != "reserved":
         return []
     return await _extend(session, kind="order", owner_id=order_id, ttl_seconds=ttl_seconds)
