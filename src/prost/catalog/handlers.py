@@ -5,7 +5,8 @@ outbox rows (see `inventory.py` for the stock rules and the locks).
     order.placed       reserve every line or none (converting the cart's holds)
                        → stock.reserved {order_id, lines, expires_at}
                        | stock.reservation_failed {order_id, reason: out_of_stock, shortages}
-    payment.requested  extend the order's live reservation to now + TTL (no event)
+    payment.requested  extend the order's live reservation to now + TTL (no event; safe
+                       to repeat, so its own short transaction, not the inbox)
     order.confirmed    commit: stock goes down → stock.committed {order_id, lines}
     order.cancelled    release → stock.released {kind: order, reason: cancelled, lines}
     product.created/updated  its own announcements, acknowledged (see below)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 
 from prost.catalog import inventory
+from prost.catalog.repository import run_in_transaction
 from prost.contracts.catalog import (
     ProductCreated,
     ProductUpdated,
@@ -38,7 +40,7 @@ from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced, 
 from prost.kit import outbox
 from prost.kit.db import Session
 from prost.kit.messages import Envelope, Event
-from prost.kit.service import EventHandler, Raw, ServiceContext
+from prost.kit.service import Raw, ServiceContext, Subscription
 
 log = logging.getLogger("prost.catalog.saga")
 
@@ -74,9 +76,15 @@ async def reserve_stock_for_order(envelope: Envelope, session: Session, ctx: Ser
     await _announce(session, event, order_id=placed.order_id, caused_by=envelope)
 
 
-async def extend_reservation_for_payment(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
+async def extend_reservation_for_payment(envelope: Envelope, ctx: ServiceContext) -> None:
+    """Not through the inbox: an extension is safe to repeat (see `inventory.extend_order`),
+    so it needs no record, and its short transaction runs beside the inbox's instead of
+    waiting its turn behind the steps that do need one."""
     requested = PaymentRequested.model_validate(envelope.payload)
-    await inventory.extend_order(session, order_id=requested.order_id, ttl_seconds=ctx.settings.reservation_ttl_seconds)
+    ttl = ctx.settings.reservation_ttl_seconds
+    await run_in_transaction(
+        ctx.engine, lambda session: inventory.extend_order(session, order_id=requested.order_id, ttl_seconds=ttl)
+    )
 
 
 async def commit_stock_for_confirmed_order(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
@@ -117,11 +125,11 @@ async def acknowledge_own_product_event(envelope: Envelope, ctx: ServiceContext)
     stay in the outbox and be retried for ever). Nothing to do, so no inbox row either."""
 
 
-SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+SUBSCRIPTIONS: dict[str, Subscription] = {
     ProductCreated.TYPE: Raw(acknowledge_own_product_event),
     ProductUpdated.TYPE: Raw(acknowledge_own_product_event),
     OrderPlaced.TYPE: reserve_stock_for_order,
-    PaymentRequested.TYPE: extend_reservation_for_payment,
+    PaymentRequested.TYPE: Raw(extend_reservation_for_payment),
     OrderConfirmed.TYPE: commit_stock_for_confirmed_order,
     OrderCancelled.TYPE: release_stock_for_cancelled_order,
 }

@@ -658,10 +658,12 @@ async def _repeat_reservation(session: Session, order_id: uuid.UUID, claim: Orde
 
 async def extend_order(session: Session, *, order_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
     """While payment runs: push the order's live reservation to now + ttl. Nothing
-    for an order that is not (or no longer) reserved, or whose reservation ran out."""
-    row = await _lock_order_row(session, order_id)
-    if row is None or row.state != "reserved":
-        return []
+    for an order that is not (or no longer) reserved, or whose reservation ran out.
+
+    Needs no lock on the order's row: only `active` reservations move, and a commit or
+    a release that ends them first is seen (the update waits for their row locks and
+    checks `status` again). Doing it twice moves the deadline twice, to ttl from the
+    later one: harmless, so it needs no inbox record either."""
     return await _extend(session, kind="order", owner_id=order_id, ttl_seconds=ttl_seconds)
 
 

@@ -19,17 +19,21 @@ from prost.catalog.repository import ProductRepository
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced, PaymentRequested
 from prost.kit import inbox
 from prost.kit.messages import Envelope, Event
+from prost.kit.service import Raw
 from prost.kit.settings import Settings
 
 CTX: Any = SimpleNamespace(name="catalog", settings=Settings(reservation_ttl_seconds=120, cart_hold_ttl_seconds=600))
 
 
 async def deliver(engine: AsyncEngine, event: Event) -> Envelope:
-    """Hand an event to the catalog's handler as the runtime does (inbox, one transaction)."""
+    """Hand an event to the catalog's handler as the runtime does (through the inbox, one
+    transaction; a raw handler on its own)."""
     envelope = Envelope.wrap(event, producer="orders", correlation_id=getattr(event, "order_id", None))
     handler = handlers.SUBSCRIPTIONS[event.TYPE]
-    assert callable(handler)
-    await inbox.handle_once(engine, "catalog", envelope, lambda session: handler(envelope, session, CTX))  # type: ignore[operator]
+    if isinstance(handler, Raw):
+        await handler.handler(envelope, SimpleNamespace(**vars(CTX), engine=engine))  # type: ignore[arg-type]
+        return envelope
+    await inbox.handle_once(engine, "catalog", envelope, lambda session: handler(envelope, session, CTX))
     return envelope
 
 
@@ -232,6 +236,48 @@ async def test_payment_requested_extends_the_live_reservation(engine: AsyncEngin
         )
     assert 100 < float(left) <= 120
     await deliver(engine, payment_requested(uuid.uuid4()))  # an order this service never saw: nothing to do
+
+
+async def reservation_ends(engine: AsyncEngine, order_id: uuid.UUID) -> tuple[str, float]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.text(
+                    "SELECT status, extract(epoch FROM expires_at - now()) AS left_s"
+                    " FROM catalog.inventory_reservations WHERE owner_id = :o"
+                ),
+                {"o": order_id},
+            )
+        ).one()
+    return row.status, float(row.left_s)
+
+
+@pytest.mark.parametrize("ended_by", ["confirmed", "cancelled", "expired"])
+async def test_a_late_payment_requested_moves_no_reservation_that_has_ended(engine: AsyncEngine, ended_by: str) -> None:
+    """The extension holds no lock on the order and keeps no inbox record: what keeps a
+    late or repeated one from reviving anything is that only live reservations move."""
+    a = await make_product(engine, stock=4)
+    order = uuid.uuid4()
+    await deliver(engine, placed(order, (a, 1)))
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE catalog.inventory_reservations SET expires_at = now() + interval '5 seconds' WHERE owner_id = :o"
+            ),
+            {"o": order},
+        )
+    if ended_by == "confirmed":
+        await deliver(engine, confirmed(order, (a, 1)))
+    elif ended_by == "cancelled":
+        await deliver(engine, cancelled(order, (a, 1)))
+    else:
+        await expire_now(engine, owner_id=order)
+    status_before, _ = await reservation_ends(engine, order)
+    await deliver(engine, payment_requested(order))
+    await deliver(engine, payment_requested(order))
+    status, left = await reservation_ends(engine, order)
+    assert status == status_before == {"confirmed": "committed", "cancelled": "released", "expired": "active"}[ended_by]
+    assert left < 0 if ended_by == "expired" else left <= 5
 
 
 # -- order.confirmed and order.cancelled ----------------------------------------------
