@@ -3,7 +3,8 @@
 Every handler runs inside the inbox transaction (its writes commit with the
 `(event_id, 'cart')` record) and is written for any order of delivery: it looks at
 the checkout's current step in `cart.saga_states` and does nothing when the event is
-stale, a duplicate, or not about a cart checkout. No handler calls another service;
+stale, a duplicate, or not about a cart checkout; the order events of orders made
+without a cart are acknowledged without a transaction at all (`Only`). No handler calls another service;
 holds to place again are left `pending` for the re-hold loop
 (`operations.hold_pending_lines_forever`), so a slow or absent catalog never holds
 up or fails event handling.
@@ -30,7 +31,7 @@ from prost.contracts.catalog import StockReleased
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
-from prost.kit.service import EventHandler, Raw, ServiceContext
+from prost.kit.service import Only, ServiceContext, Subscription
 
 log = logging.getLogger("prost.cart")
 
@@ -128,10 +129,15 @@ async def acknowledge_own_checkout(envelope: Envelope, session: Session, ctx: Se
     CartCheckedOut.model_validate(envelope.payload)
 
 
-SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+def made_from_a_cart(envelope: Envelope) -> bool:
+    """Orders placed straight through the orders API have no cart: nothing here to do."""
+    return envelope.payload.get("cart_id") is not None
+
+
+SUBSCRIPTIONS: dict[str, Subscription] = {
     "cart.checked_out": acknowledge_own_checkout,
-    "order.placed": mark_cart_checked_out_for_placed_order,
-    "order.confirmed": start_fresh_cart_for_confirmed_order,
-    "order.cancelled": reopen_cart_for_cancelled_order,
+    "order.placed": Only(made_from_a_cart, mark_cart_checked_out_for_placed_order),
+    "order.confirmed": Only(made_from_a_cart, start_fresh_cart_for_confirmed_order),
+    "order.cancelled": Only(made_from_a_cart, reopen_cart_for_cancelled_order),
     "stock.released": note_released_stock,
 }

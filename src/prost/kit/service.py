@@ -62,12 +62,26 @@ class Raw:
     handler: RawEventHandler
 
 
+@dataclass(frozen=True)
+class Only:
+    """Marks an inbox handler that has work for some events of its routing key only:
+    an event `applies` refuses is acknowledged at once, with no transaction and no
+    inbox record (nothing was done, so there is nothing to remember)."""
+
+    applies: Callable[[Envelope], bool]
+    handler: EventHandler
+
+
+Subscription = EventHandler | Raw | Only
+"""What a routing key of a service's subscription table is bound to."""
+
+
 @dataclass
 class ServiceDefinition:
     name: str
     public_routers: Sequence[APIRouter] = ()
     internal_routers: Sequence[APIRouter] = ()
-    subscriptions: Mapping[str, EventHandler | Raw] = field(default_factory=dict)
+    subscriptions: Mapping[str, Subscription] = field(default_factory=dict)
     background: Sequence[BackgroundLoop] = ()
     on_startup: Sequence[Callable[[ServiceContext], Awaitable[None]]] = ()
 

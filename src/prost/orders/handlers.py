@@ -16,7 +16,7 @@ from prost.contracts.catalog import StockCommitted, StockReleased, StockReservat
 from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRefunded
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
-from prost.kit.service import EventHandler, Raw, ServiceContext
+from prost.kit.service import Raw, ServiceContext, Subscription
 from prost.orders import saga as sg
 from prost.orders.repository import SagaRepository, utcnow
 
@@ -72,7 +72,7 @@ async def note_stock_committed(envelope: Envelope, ctx: ServiceContext) -> None:
     event leaves the catalog's outbox."""
 
 
-SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+SUBSCRIPTIONS: dict[str, Subscription] = {
     StockReserved.TYPE: advance_saga,
     StockReservationFailed.TYPE: advance_saga,
     StockReleased.TYPE: advance_saga,

@@ -47,7 +47,7 @@ from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRef
 from prost.kit import inbox, outbox
 from prost.kit.db import Session
 from prost.kit.messages import Envelope, Event
-from prost.kit.service import EventHandler, Raw, ServiceContext
+from prost.kit.service import Raw, ServiceContext, Subscription
 from prost.payments import domain, repository
 from prost.payments.provider import Charge, ProviderError, ProviderRejected, Refund, provider_of
 
@@ -428,7 +428,7 @@ async def resume_unsettled_payments(ctx: ServiceContext) -> None:
         await resume_once(ctx)
 
 
-SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+SUBSCRIPTIONS: dict[str, Subscription] = {
     "payment.requested": Raw(charge_requested_payment),
     "payment.refund_requested": Raw(refund_requested_payment),
 }

@@ -2,7 +2,8 @@
 
 `ServiceHost` takes the `ServiceDefinition`s a process runs and, on `start()`:
 builds each service's `ServiceContext`, runs its start-up steps, declares its queue
-and starts its consumers (every handler wrapped in the inbox unless marked `Raw`),
+and starts its consumers (every handler wrapped in the inbox unless marked `Raw`; one
+marked `Only` just for the events it applies to),
 starts the outbox relay for its schema and its background loops. `stop()` cancels
 loops and consumers in reverse order. `mount()` puts the services' routers on an app.
 
@@ -27,7 +28,7 @@ from prost.kit.bus.base import MessageBus, topic_matches
 from prost.kit.clients import ServiceClients
 from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
-from prost.kit.service import EventHandler, Raw, ServiceContext, ServiceDefinition
+from prost.kit.service import Only, Raw, ServiceContext, ServiceDefinition, Subscription
 from prost.kit.settings import Settings
 from prost.runtime import revocations as revocations_feed
 
@@ -35,13 +36,16 @@ log = logging.getLogger("prost.runtime")
 
 
 def handler_for(
-    ctx: ServiceContext, box: inbox.Inbox, routing_key: str, target: EventHandler | Raw
+    ctx: ServiceContext, box: inbox.Inbox, routing_key: str, target: Subscription
 ) -> Callable[[Envelope], Awaitable[None]]:
     async def on_message(envelope: Envelope) -> None:
         token = correlation_id_var.set(envelope.correlation_id)
         try:
             if isinstance(target, Raw):
                 await target.handler(envelope, ctx)
+            elif isinstance(target, Only):
+                if target.applies(envelope):
+                    await box.handle(envelope, lambda session: target.handler(envelope, session, ctx))
             else:
                 await box.handle(envelope, lambda session: target(envelope, session, ctx))
         finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from prost.contracts.users import UserCredentialsChanged, UserRegistered
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
-from prost.kit.service import EventHandler, Raw, ServiceContext
+from prost.kit.service import ServiceContext, Subscription
 
 
 async def refuse_tokens_before_credentials_change(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
@@ -26,7 +26,7 @@ async def note_user_registered(envelope: Envelope, session: Session, ctx: Servic
     """Nothing to do: the registration is already in this service's own tables."""
 
 
-SUBSCRIPTIONS: dict[str, EventHandler | Raw] = {
+SUBSCRIPTIONS: dict[str, Subscription] = {
     UserCredentialsChanged.TYPE: refuse_tokens_before_credentials_change,
     UserRegistered.TYPE: note_user_registered,
 }

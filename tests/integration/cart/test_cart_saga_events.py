@@ -1,13 +1,14 @@
 """The cart's event handlers against the real schema (a database of the module's own,
-which no running re-hold loop touches), event by event: duplicates (as
-new deliveries with new event ids, which the inbox cannot catch), stale and reordered
-events change nothing twice."""
+which no running re-hold loop touches), event by event as the runtime hands them over
+(through the inbox): duplicates (as new deliveries with new event ids, which the inbox
+cannot catch), stale and reordered events change nothing twice."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,9 +20,11 @@ from prost.cart.repository import CartRepository, SagaRepository
 from prost.cart.tables import carts, inventory_locks, saga_states
 from prost.contracts.catalog import StockLine, StockReleased
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced
+from prost.kit.inbox import Inbox
 from prost.kit.messages import Envelope, Event
+from prost.runtime.host import handler_for
 
-NO_CONTEXT: Any = None  # the cart's handlers use nothing from their context
+CONTEXT: Any = SimpleNamespace(name="cart")  # the cart's handlers use nothing else from it
 
 
 class Checkout:
@@ -63,10 +66,7 @@ class Checkout:
         envelope = Envelope.wrap(event, producer="test", correlation_id=self.order_id)
         if occurred_at is not None:
             envelope = envelope.model_copy(update={"occurred_at": occurred_at})
-        handler = handlers.SUBSCRIPTIONS[event.TYPE]
-        assert callable(handler)
-        async with self.engine.begin() as s:
-            await handler(envelope, s, NO_CONTEXT)
+        await handler_for(CONTEXT, Inbox(self.engine, "cart"), event.TYPE, handlers.SUBSCRIPTIONS[event.TYPE])(envelope)
 
     def confirmed(self, *, cart_id: uuid.UUID | str | None = "own") -> OrderConfirmed:
         return OrderConfirmed(
@@ -76,21 +76,23 @@ class Checkout:
             lines=self._lines(),
         )
 
-    def cancelled(self, status: str = "cancelled", reason: str = "payment_declined") -> OrderCancelled:
+    def cancelled(
+        self, status: str = "cancelled", reason: str = "payment_declined", *, cart_id: uuid.UUID | str | None = "own"
+    ) -> OrderCancelled:
         return OrderCancelled(
             order_id=self.order_id,
             user_id=self.user_id,
-            cart_id=self.cart_id,
+            cart_id=self.cart_id if cart_id == "own" else cart_id,
             status=status,
             reason=reason,
             lines=self._lines(),
         )
 
-    def placed(self) -> OrderPlaced:
+    def placed(self, *, cart_id: uuid.UUID | str | None = "own") -> OrderPlaced:
         return OrderPlaced(
             order_id=self.order_id,
             user_id=self.user_id,
-            cart_id=self.cart_id,
+            cart_id=self.cart_id if cart_id == "own" else cart_id,
             lines=self._lines(),
             total_amount=Decimal("5.00"),
             currency="USD",
@@ -230,6 +232,27 @@ async def test_events_about_orders_without_this_cart_are_ignored(own_engine: Asy
     await other.deliver(other.cancelled())  # an order this cart never checked out
     assert await c.carts() == [(c.cart_id, "checked_out")]
     assert await c.saga() == ("placed", None)
+
+
+async def test_events_of_orders_made_without_a_cart_take_no_transaction(own_engine: AsyncEngine) -> None:
+    """Most orders of the orders API come with no cart: the cart has nothing to do, and
+    keeps no inbox record of doing it."""
+    engine = own_engine
+    c = await checked_out(engine)
+    recorded = await inbox_records(engine)
+    await c.deliver(c.placed(cart_id=None))
+    await c.deliver(c.confirmed(cart_id=None))
+    await c.deliver(c.cancelled(cart_id=None))
+    assert await inbox_records(engine) == recorded
+    await c.deliver(c.confirmed())
+    assert await inbox_records(engine) == recorded + 1
+    assert await c.saga() == ("confirmed", None)
+
+
+async def inbox_records(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(sa.text("SELECT count(*) FROM cart.idempotency_records WHERE kind = 'event'"))
+    return int(count or 0)
 
 
 async def test_an_expired_hold_marks_the_line_lapsed(own_engine: AsyncEngine) -> None:
