@@ -50,7 +50,7 @@ from prost.catalog.repository import (
 from prost.contracts.catalog import ProductCreated, ProductUpdated
 from prost.kit import outbox
 from prost.kit.auth import AdminUser, Principal, ServiceCaller
-from prost.kit.db import Session
+from prost.kit.db import Session, autocommit
 from prost.kit.errors import DomainError, Forbidden, ValidationFailed
 from prost.kit.messages import Envelope
 from prost.kit.service import ServiceContext, context_dependency
@@ -398,7 +398,7 @@ class HoldExtendedList(BaseModel):
 @internal_router.post("/quote")
 async def quote(body: QuoteRequest, ctx: Ctx, _caller: ServiceCaller) -> Quote:
     """Current price and availability of some products (unknown ids are left out)."""
-    async with ctx.engine.connect() as session:
+    async with autocommit(ctx.engine) as session:
         rows = await ProductRepository(session).get_many(list(dict.fromkeys(body.product_ids)))
     by_id = {r.id: r for r in rows}
     return Quote(

@@ -2,13 +2,16 @@
 
 Services use SQLAlchemy Core on asyncpg (the ORM costs 2.5-3.6x the CPU per
 statement here). A unit of work is an `AsyncConnection` inside `engine.begin()`;
-it is what handlers and `outbox.add_to_outbox` call the *session*.
+it is what handlers and `outbox.add_to_outbox` call the *session*. Work that is one
+statement takes `autocommit(engine)` instead: the statement is its own transaction.
 Nothing connects at import time: engines are made by each service's bootstrap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from functools import cache
 
 import sqlalchemy as sa
@@ -47,6 +50,16 @@ def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 15, pool_
         # asyncpg prepares statements itself; keep SQLAlchemy's cache on for Core.
         connect_args={"server_settings": {"application_name": "prost"}},
     )
+
+
+@contextlib.asynccontextmanager
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection outside any transaction block: each statement commits by
+    itself. For work that is exactly one statement (a lookup, one insert): one round
+    trip instead of three (`BEGIN`, the statement, `COMMIT`/`ROLLBACK`). Two statements
+    on it are two transactions, so anything more goes in `engine.begin()`."""
+    async with engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

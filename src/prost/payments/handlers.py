@@ -45,7 +45,7 @@ from typing import TypeVar
 from prost.contracts.orders import PaymentRefundRequested, PaymentRequested
 from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRefunded
 from prost.kit import inbox, outbox
-from prost.kit.db import Session
+from prost.kit.db import Session, autocommit
 from prost.kit.messages import Envelope, Event
 from prost.kit.service import Raw, ServiceContext, Subscription
 from prost.payments import domain, repository
@@ -398,10 +398,9 @@ async def resume_once(ctx: ServiceContext, *, older_than: float | None = None) -
     """Drive on charges and refunds that stalled (their handler crashed, their message
     was parked); returns how many it took. Safe with replicas (SKIP LOCKED + lease)."""
     stalled_after = domain.RetryPolicy.from_settings(ctx.settings).stalled_after if older_than is None else older_than
-    async with ctx.engine.begin() as session:
-        charges = await repository.claim_stalled_charges(session, older_than=stalled_after)
-    async with ctx.engine.begin() as session:
-        refunds = await repository.claim_pending_refunds(session, older_than=stalled_after)
+    async with autocommit(ctx.engine) as conn:  # each claim is one statement
+        charges = await repository.claim_stalled_charges(conn, older_than=stalled_after)
+        refunds = await repository.claim_pending_refunds(conn, older_than=stalled_after)
     for payment in charges:
         log.warning(
             "payment %s for order %s stalled while processing; resuming", payment.id, payment.order_id, extra=_extra()

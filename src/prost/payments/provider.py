@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from prost.kit import cards
+from prost.kit.db import autocommit
 from prost.kit.service import ServiceContext
 from prost.payments.tables import card_tokens, provider_charges
 
@@ -275,7 +276,7 @@ class PostgresLedger:
         self.engine = engine
 
     async def add_card(self, card: VaultCard) -> None:
-        async with self.engine.begin() as conn:
+        async with autocommit(self.engine) as conn:
             await conn.execute(
                 sa.insert(card_tokens).values(
                     token=card.token,
@@ -289,7 +290,7 @@ class PostgresLedger:
 
     async def card(self, token: str) -> VaultCard | None:
         t = card_tokens
-        async with self.engine.connect() as conn:
+        async with autocommit(self.engine) as conn:
             row = (
                 await conn.execute(
                     sa.select(t.c.token, t.c.last4, t.c.brand, t.c.exp_month, t.c.exp_year, t.c.outcome).where(
@@ -367,7 +368,7 @@ class PostgresLedger:
         except ProviderRejected:
             fresh = None
         if fresh is not None and fresh.idempotency_key == idempotency_key:
-            async with self.engine.begin() as conn:
+            async with autocommit(self.engine) as conn:
                 if await self._insert(conn, fresh):
                     return fresh
         return await self._update(provider_charges.c.idempotency_key == idempotency_key, decide)
