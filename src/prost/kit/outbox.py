@@ -9,17 +9,19 @@ Writing:
     that was rolled back.
 
 Relaying (`OutboxRelay`, one per service schema, any number of replicas):
-    1. claim up to `batch_size` unsent rows `ORDER BY seq FOR UPDATE SKIP LOCKED`
-       (replicas take disjoint batches; a relay that dies releases its rows);
+    1. in one statement, claim up to `batch_size` unsent rows `ORDER BY seq FOR UPDATE
+       SKIP LOCKED` and mark them `sent_at = now()` (replicas take disjoint batches; a
+       relay that dies rolls back: its rows are unsent and free again);
     2. `bus.publish(batch)`: returns once the broker confirmed (memory bus: once every
        subscribed service handled the event or parked it as dead);
-    3. mark the confirmed rows `sent_at = now()` and commit.
-    A crash between 2 and 3 publishes the rows again later: delivery is at least once
-    and the consumer's inbox absorbs the duplicate.
+    3. commit (rows the broker did not confirm are put back unsent first).
+    Three round trips a batch: BEGIN, the claim, COMMIT. A crash between 2 and 3
+    publishes the rows again later: delivery is at least once and the consumer's
+    inbox absorbs the duplicate.
 
 Failures:
     - `Unroutable` (no queue bound for the routing key): logged at error level, the row
-      stays unsent with `attempts + 1` and `last_error`, and this relay skips it for a
+      goes back unsent with `attempts + 1` and `last_error`, and this relay skips it for a
       growing while (2 s, 4 s, ... capped at 5 min) so later rows are never held up.
     - broker down / publish timeout: nothing is marked, the transaction rolls back and
       `run()` backs off (0.1 s doubling to 10 s) before trying again.
@@ -163,21 +165,30 @@ class OutboxRelay:
         t = self.table
         now = time.monotonic()
         self._parked = {seq: until for seq, until in self._parked.items() if until > now}
-        query = sa.select(t.c.seq, t.c.envelope, t.c.attempts).where(t.c.sent_at.is_(None))
+        batch = sa.select(t.c.seq).where(t.c.sent_at.is_(None))
         if self._parked:
-            query = query.where(t.c.seq.not_in(list(self._parked)))
-        query = query.order_by(t.c.seq).limit(self.batch_size).with_for_update(skip_locked=True)
+            batch = batch.where(t.c.seq.not_in(list(self._parked)))
+        batch = batch.order_by(t.c.seq).limit(self.batch_size).with_for_update(skip_locked=True)
+        # Claim and mark in one statement; the mark counts only if the transaction
+        # commits, which it does once the broker confirmed (below), with the rows
+        # the broker did not confirm put back first.
+        claim = (
+            sa.update(t)
+            .where(t.c.seq.in_(batch.scalar_subquery()))
+            .values(sent_at=sa.func.now(), attempts=t.c.attempts + 1)
+            .returning(t.c.seq, t.c.envelope)
+        )
 
         transient: PublishError | None = None
         async with self.engine.begin() as session:
-            rows = (await session.execute(query)).all()
+            rows = sorted((await session.execute(claim)).all())
             if not rows:
                 return 0, 0
-            by_id: dict[str, tuple[int, int]] = {}
+            by_id: dict[str, int] = {}
             envelopes: list[Envelope] = []
-            for seq, raw, attempts in rows:
+            for seq, raw in rows:
                 envelope = Envelope.model_validate(raw)
-                by_id[str(envelope.event_id)] = (seq, attempts)
+                by_id[str(envelope.event_id)] = seq
                 envelopes.append(envelope)
             try:
                 async with asyncio.timeout(self.publish_timeout):
@@ -188,34 +199,33 @@ class OutboxRelay:
             except PublishError as exc:
                 if not exc.sent and not exc.failed:
                     raise  # the whole batch failed the same way (broker down): roll back
-                sent_seqs = [by_id[str(i)][0] for i in exc.sent if str(i) in by_id]
-                await self._mark_sent(session, sent_seqs)
-                await self._record_failures(session, exc, by_id)
-                if any(not isinstance(e, Unroutable) for e in exc.failed.values()):
-                    transient = exc
-                claimed, sent = len(rows), len(sent_seqs)
+                confirmed = {by_id[str(i)] for i in exc.sent if str(i) in by_id}
+                await self._put_back(session, exc, by_id, [seq for seq, _ in rows if seq not in confirmed])
+                unroutable = {str(i) for i, e in exc.failed.items() if isinstance(e, Unroutable)}
+                if len(confirmed) + len(unroutable) < len(rows):
+                    transient = exc  # some failed, or were not heard of: back off, try again
+                claimed, sent = len(rows), len(confirmed)
             else:
-                await self._mark_sent(session, [seq for seq, _ in by_id.values()])
                 claimed, sent = len(rows), len(rows)
         if transient is not None:
             raise transient
         return claimed, sent
 
-    async def _mark_sent(self, session: Session, seqs: list[int]) -> None:
-        if seqs:
-            t = self.table
-            await session.execute(
-                sa.update(t).where(t.c.seq.in_(seqs)).values(sent_at=sa.func.now(), attempts=t.c.attempts + 1)
-            )
-
-    async def _record_failures(self, session: Session, exc: PublishError, by_id: dict[str, tuple[int, int]]) -> None:
+    async def _put_back(
+        self, session: Session, exc: PublishError, by_id: dict[str, int], unconfirmed: list[int]
+    ) -> None:
+        """Rows of a claimed batch the broker did not confirm: unsent again, with the
+        error of those that failed (the attempt counts); unroutable ones are parked."""
         t = self.table
+        await session.execute(sa.update(t).where(t.c.seq.in_(unconfirmed)).values(sent_at=None))
         for event_id, error in exc.failed.items():
-            if str(event_id) not in by_id:
+            if (seq := by_id.get(str(event_id))) is None:
                 continue
-            seq, attempts = by_id[str(event_id)]
+            attempts = await session.scalar(
+                sa.update(t).where(t.c.seq == seq).values(last_error=str(error)[:2000]).returning(t.c.attempts)
+            )
             if isinstance(error, Unroutable):
-                delay = min(2.0 ** (attempts + 1), _UNROUTABLE_MAX_DELAY)
+                delay = min(2.0 ** (attempts or 1), _UNROUTABLE_MAX_DELAY)
                 self._parked[seq] = time.monotonic() + delay
                 log.error(
                     "outbox %s: event %s (seq %d) is unroutable, no queue is bound for it; "
@@ -223,14 +233,11 @@ class OutboxRelay:
                     self.schema,
                     event_id,
                     seq,
-                    attempts + 1,
+                    attempts,
                     delay,
                     error,
                     extra={"event_id": str(event_id)},
                 )
-            await session.execute(
-                sa.update(t).where(t.c.seq == seq).values(attempts=t.c.attempts + 1, last_error=str(error)[:2000])
-            )
 
     # -- housekeeping ----------------------------------------------------------------
 

@@ -146,6 +146,37 @@ class CrashAfterPublish(MessageBus):
         return 0
 
 
+class ConfirmsHalf(CrashAfterPublish):
+    """Publishes the first half of a batch for real and hears nothing of the rest, as
+    when the channel closes while confirms are outstanding."""
+
+    def __init__(self, inner: MessageBus) -> None:
+        super().__init__(inner, crashes=0)
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        half = list(envelopes)[: len(envelopes) // 2]
+        await self.inner.publish(half)
+        raise PublishError("channel closed", sent=[e.event_id for e in half])
+
+
+async def test_rows_the_broker_did_not_confirm_stay_unsent(engine: AsyncEngine, harness: Harness) -> None:
+    """The relay marks its batch sent when it claims it; what the broker did not confirm
+    is put back before the mark commits."""
+    await clear_outbox(engine, "msg_a")
+    bus = await harness.bus()
+    service = harness.service("orders")
+    await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+    batch = [envelope("order.placed", n=n) for n in range(6)]
+    await write(engine, batch)
+
+    with pytest.raises(PublishError):
+        await relay_for(engine, ConfirmsHalf(bus), "msg_a").relay_once()
+    assert [row[0] for row in await unsent(engine, "msg_a")] == [e.event_id for e in batch[3:]]
+    assert await relay_for(engine, bus, "msg_a").relay_once() == 3
+    await eventually(lambda: _has(engine, "msg_b", service, 6))
+    assert sorted(await effects(engine, "msg_b", service)) == sorted(e.event_id for e in batch)
+
+
 async def test_a_crash_between_publish_and_mark_gives_a_duplicate_the_inbox_absorbs(
     engine: AsyncEngine, harness: Harness
 ) -> None:
