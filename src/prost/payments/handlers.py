@@ -215,26 +215,48 @@ async def cancel_work_in_flight(ctx: ServiceContext) -> None:
 async def charge_requested_payment(envelope: Envelope, ctx: ServiceContext) -> None:
     request = PaymentRequested.model_validate(envelope.payload)
     problem = domain.request_problem(amount=request.amount, currency=request.currency)
+    new_payment = repository.NewPayment(
+        order_id=request.order_id,
+        user_id=request.user_id,
+        amount=request.amount,
+        currency=request.currency,
+        idempotency_key=request.idempotency_key or domain.provider_key(request.order_id),
+        card_token=request.payment_token,
+    )
+    payment: domain.Payment | None = None
+    if problem is None:
+        # The usual case, a first request: the payment is one statement, no transaction.
+        async with autocommit(ctx.engine) as conn:
+            payment = await repository.add(conn, new_payment)
+    if payment is None:
+        payment = await _resume_or_answer(ctx, request, new_payment, problem, envelope)
+        if payment is None:
+            return
+    what = f"payment {payment.id} for order {payment.order_id}"
+    await _finish_or_let_go(ctx, settle_charge(ctx, payment, caused_by=envelope), what=what)
+
+
+async def _resume_or_answer(
+    ctx: ServiceContext,
+    request: PaymentRequested,
+    new_payment: repository.NewPayment,
+    problem: str | None,
+    envelope: Envelope,
+) -> domain.Payment | None:
+    """A request that is refused, repeated or redelivered: answered at once (None), or
+    the payment to charge again (its attempt counted)."""
     async with ctx.engine.begin() as session:
         # No inbox lookup first: an event already handled finds its payment settled,
         # and the inbox record below refuses it a second answer.
         if problem is not None:
             await _refuse_request(session, request, problem, envelope)
-            return
-        payment, created = await repository.add_or_get(
-            session,
-            order_id=request.order_id,
-            user_id=request.user_id,
-            amount=request.amount,
-            currency=request.currency,
-            idempotency_key=request.idempotency_key or domain.provider_key(request.order_id),
-            card_token=request.payment_token,
-        )
+            return None
+        payment, created = await repository.add_or_get(session, new_payment)
         if payment.is_settled:
             # Another request for an order already charged (or refused): the same answer
             # again, unless this very event was settled meanwhile by a concurrent copy.
             if not await inbox.record(session, SERVICE, envelope.event_id):
-                return
+                return None
             if (event := outcome_event(payment)) is not None:
                 await outbox.add_to_outbox(session, _wrap(event, payment, envelope))
             log.info(
@@ -244,12 +266,11 @@ async def charge_requested_payment(envelope: Envelope, ctx: ServiceContext) -> N
                 payment.status,
                 extra=_extra(),
             )
-            return
+            return None
         if not created:
             # Redelivered after a crash (or a duplicate in flight): this call counts too.
             await repository.begin_attempt(session, payment_id=payment.id)
-    what = f"payment {payment.id} for order {payment.order_id}"
-    await _finish_or_let_go(ctx, settle_charge(ctx, payment, caused_by=envelope), what=what)
+    return payment
 
 
 async def _refuse_request(session: Session, request: PaymentRequested, problem: str, envelope: Envelope) -> None:

@@ -9,6 +9,7 @@ can each change a payment at most once; the loser sees `None` and does nothing.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -46,42 +47,50 @@ def _payment(row: Any) -> domain.Payment:
     return domain.Payment(**row._mapping)
 
 
-async def add_or_get(
-    session: Session,
-    *,
-    order_id: uuid.UUID,
-    user_id: uuid.UUID,
-    amount: Decimal,
-    currency: str,
-    idempotency_key: str,
-    card_token: str,
-) -> tuple[domain.Payment, bool]:
-    """The order's payment, created `processing` (with its first attempt counted) if it
-    has none; returns (payment, created). Locks the row for the caller's transaction."""
-    t = payments
+@dataclass(frozen=True, slots=True)
+class NewPayment:
+    """What a payment request asks for."""
+
+    order_id: uuid.UUID
+    user_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    idempotency_key: str
+    card_token: str
+
+
+async def add(session: Session, new: NewPayment) -> domain.Payment | None:
+    """The order's payment, created `processing` (its first attempt counted); None when
+    the order already has one (or the key belongs to another order's). One statement."""
     inserted = (
         await session.execute(
-            pg.insert(t)
+            pg.insert(payments)
             .values(
                 id=uuid.uuid4(),
-                order_id=order_id,
-                user_id=user_id,
-                amount=amount,
-                currency=currency,
+                order_id=new.order_id,
+                user_id=new.user_id,
+                amount=new.amount,
+                currency=new.currency,
                 status=domain.PROCESSING,
-                idempotency_key=idempotency_key,
-                card_token=card_token,
+                idempotency_key=new.idempotency_key,
+                card_token=new.card_token,
                 attempts=1,
             )
             .on_conflict_do_nothing()
             .returning(*_COLUMNS)
         )
     ).first()
-    if inserted is not None:
-        return _payment(inserted), True
-    existing = await get_by_order(session, order_id=order_id, for_update=True)
+    return _payment(inserted) if inserted is not None else None
+
+
+async def add_or_get(session: Session, new: NewPayment) -> tuple[domain.Payment, bool]:
+    """The order's payment, created as `add` does if it has none; returns (payment,
+    created). Locks the row for the caller's transaction."""
+    if (created := await add(session, new)) is not None:
+        return created, True
+    existing = await get_by_order(session, order_id=new.order_id, for_update=True)
     if existing is None:
-        raise KeyConflict(f"idempotency key {idempotency_key!r} belongs to another order's payment")
+        raise KeyConflict(f"idempotency key {new.idempotency_key!r} belongs to another order's payment")
     return existing, False
 
 
