@@ -501,6 +501,7 @@ async def test_a_saga_step_that_waited_for_the_lock_sees_what_the_holder_committ
     order = await place(client, token, (item["id"], 1), card=DECLINED)
     done = await final(client, token, order["id"])
     assert (done["status"], done["failure_reason"]) == ("cancelled", "payment_declined")
+    await settled_saga(client, token, order["id"])  # no step of its own may queue for the lock below
     order_id = uuid.UUID(order["id"])
 
     async with engine.connect() as holder:
