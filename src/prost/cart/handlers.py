@@ -31,7 +31,7 @@ from prost.contracts.catalog import StockReleased
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
-from prost.kit.service import Only, ServiceContext, Subscription
+from prost.kit.service import Only, Raw, ServiceContext, Subscription
 
 log = logging.getLogger("prost.cart")
 
@@ -122,11 +122,11 @@ async def note_released_stock(envelope: Envelope, session: Session, ctx: Service
             )
 
 
-async def acknowledge_own_checkout(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
+async def acknowledge_own_checkout(envelope: Envelope, ctx: ServiceContext) -> None:
     """`cart.checked_out` is announced for whoever wants it (no service does yet). The
     cart binds it itself so the bus can always route it: an event no queue is bound
-    for stays in the outbox and is retried for ever. Nothing to do on it."""
-    CartCheckedOut.model_validate(envelope.payload)
+    for stays in the outbox and is retried for ever. Nothing to do on it, so no
+    transaction and no inbox record."""
 
 
 def made_from_a_cart(envelope: Envelope) -> bool:
@@ -135,7 +135,7 @@ def made_from_a_cart(envelope: Envelope) -> bool:
 
 
 SUBSCRIPTIONS: dict[str, Subscription] = {
-    "cart.checked_out": acknowledge_own_checkout,
+    CartCheckedOut.TYPE: Raw(acknowledge_own_checkout),
     "order.placed": Only(made_from_a_cart, mark_cart_checked_out_for_placed_order),
     "order.confirmed": Only(made_from_a_cart, start_fresh_cart_for_confirmed_order),
     "order.cancelled": Only(made_from_a_cart, reopen_cart_for_cancelled_order),

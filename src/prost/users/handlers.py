@@ -1,32 +1,27 @@
-"""Events the users service consumes.
+"""Events the users service consumes: only its own announcements, bound so that they
+are always routable (an event no queue is bound for stays in the outbox and is retried
+as a fault). Nothing to do on either, so no transaction and no inbox record:
 
-`user.credentials_changed` (its own announcement) feeds this process's token
-revocations, so a replica that did not make the change refuses the older tokens too
-(every process also hears it through the runtime's revocation feed).
-`user.registered` has no other consumer yet: the service binds it to itself so that
-it leaves the outbox (an unroutable event would be kept and retried as a fault).
+    user.registered           no other consumer yet; the registration is already in
+                              this service's tables
+    user.credentials_changed  every process, this one included, applies it through the
+                              runtime's revocation feed (`runtime/revocations.py`,
+                              `MessageBus.listen`); a queue shared by the replicas would
+                              reach only one of them
 """
 
 from __future__ import annotations
 
 from prost.contracts.users import UserCredentialsChanged, UserRegistered
-from prost.kit.db import Session
 from prost.kit.messages import Envelope
-from prost.kit.service import ServiceContext, Subscription
+from prost.kit.service import Raw, ServiceContext, Subscription
 
 
-async def refuse_tokens_before_credentials_change(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
-    event = UserCredentialsChanged.model_validate(envelope.payload)
-    if ctx.auth.revocations is not None:
-        # revoke_before only ever raises the bar: a stale or repeated event changes nothing.
-        ctx.auth.revocations.revoke_before(event.user_id, event.version)
-
-
-async def note_user_registered(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
-    """Nothing to do: the registration is already in this service's own tables."""
+async def acknowledge_own_announcement(envelope: Envelope, ctx: ServiceContext) -> None:
+    """Nothing to do (see the module's docstring)."""
 
 
 SUBSCRIPTIONS: dict[str, Subscription] = {
-    UserCredentialsChanged.TYPE: refuse_tokens_before_credentials_change,
-    UserRegistered.TYPE: note_user_registered,
+    UserCredentialsChanged.TYPE: Raw(acknowledge_own_announcement),
+    UserRegistered.TYPE: Raw(acknowledge_own_announcement),
 }
