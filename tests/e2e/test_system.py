@@ -146,7 +146,8 @@ async def test_a_shopper_browses_fills_a_cart_and_checks_out(shop: Shop) -> None
     order = await shop.final_order(token, r.json()["order_id"])
     assert order["status"] == "confirmed"
     assert Decimal(order["total_amount"]) == Decimal("25.50")
-    assert (await shop.get_product(tea["id"]))["stock"] == 17
+    # The catalog commits the stock when it hears `order.confirmed`, a moment later.
+    await eventually(lambda: stock_settles_at(shop, tea["id"], 17), timeout=30)
     cart = (await shop.client.get("/api/v1/cart", headers=bearer(token))).json()
     assert cart["items"] == []
 
