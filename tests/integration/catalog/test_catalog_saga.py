@@ -215,7 +215,8 @@ async def test_a_repeated_order_placed_reserves_once_and_repeats_its_answer(engi
 # -- payment.requested ---------------------------------------------------------------
 
 
-async def test_payment_requested_extends_the_live_reservation(engine: AsyncEngine) -> None:
+async def reserved_running_out(engine: AsyncEngine) -> tuple[uuid.UUID, uuid.UUID]:
+    """(product, order): one unit reserved for the order, 5 seconds from running out."""
     a = await make_product(engine, stock=4)
     order = uuid.uuid4()
     await deliver(engine, placed(order, (a, 1)))
@@ -226,19 +227,11 @@ async def test_payment_requested_extends_the_live_reservation(engine: AsyncEngin
             ),
             {"o": order},
         )
-    await deliver(engine, payment_requested(order))
-    async with engine.connect() as conn:
-        left = await conn.scalar(
-            sa.text(
-                "SELECT extract(epoch FROM expires_at - now()) FROM catalog.inventory_reservations WHERE owner_id = :o"
-            ),
-            {"o": order},
-        )
-    assert 100 < float(left) <= 120
-    await deliver(engine, payment_requested(uuid.uuid4()))  # an order this service never saw: nothing to do
+    return a, order
 
 
 async def reservation_ends(engine: AsyncEngine, order_id: uuid.UUID) -> tuple[str, float]:
+    """(status, seconds left) of the order's reservation."""
     async with engine.connect() as conn:
         row = (
             await conn.execute(
@@ -252,20 +245,20 @@ async def reservation_ends(engine: AsyncEngine, order_id: uuid.UUID) -> tuple[st
     return row.status, float(row.left_s)
 
 
+async def test_payment_requested_extends_the_live_reservation(engine: AsyncEngine) -> None:
+    _, order = await reserved_running_out(engine)
+    await deliver(engine, payment_requested(order))
+    status, left = await reservation_ends(engine, order)
+    assert status == "active"
+    assert 100 < left <= 120
+    await deliver(engine, payment_requested(uuid.uuid4()))  # an order this service never saw: nothing to do
+
+
 @pytest.mark.parametrize("ended_by", ["confirmed", "cancelled", "expired"])
 async def test_a_late_payment_requested_moves_no_reservation_that_has_ended(engine: AsyncEngine, ended_by: str) -> None:
     """The extension holds no lock on the order and keeps no inbox record: what keeps a
     late or repeated one from reviving anything is that only live reservations move."""
-    a = await make_product(engine, stock=4)
-    order = uuid.uuid4()
-    await deliver(engine, placed(order, (a, 1)))
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                "UPDATE catalog.inventory_reservations SET expires_at = now() + interval '5 seconds' WHERE owner_id = :o"
-            ),
-            {"o": order},
-        )
+    a, order = await reserved_running_out(engine)
     if ended_by == "confirmed":
         await deliver(engine, confirmed(order, (a, 1)))
     elif ended_by == "cancelled":
