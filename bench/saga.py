@@ -603,9 +603,14 @@ async def bench(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             "customers": CUSTOMERS,
             "seconds": args.seconds,
             "max_settled_per_s": phases["max"]["settled_per_s"],
+            # The target is half the minimal chain's maximum (140 of 275 on the machine
+            # it was set on); absolute rates drift with the machine, this share holds.
+            "settled_share_of_minimal_chain": (
+                round(phases["max"]["settled_per_s"] / chain["chains_per_s"], 3) if chain else None
+            ),
             "phases": phases,
             "baseline": {"health_rps": round(health, 1), "minimal_chain": chain},
-            "targets": {"settled_per_s": 140, "p99_ms_at_100": 100},
+            "targets": {"settled_per_s": 140, "share_of_minimal_chain": 0.5, "p99_ms_at_100": 100},
         }
     finally:
         if poller is not None:
