@@ -208,6 +208,24 @@ class Consumer:
         await asyncio.wait_for(self.done.wait(), 300)
 
 
+async def last_effect(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(effects.c.id), 0))) or 0)
+
+
+async def consumer_transactions_per_event(engine: AsyncEngine, after_id: int) -> float:
+    """How many transactions the consumer's inbox took per event since `after_id`
+    (distinct `xmin` of the effects it wrote): 1.0 is one each, lower is group commit."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.text("SELECT count(DISTINCT xmin::text), count(*) FROM bench.effects WHERE id > :after"),
+                {"after": after_id},
+            )
+        ).one()
+    return row[0] / row[1] if row[1] else 0.0
+
+
 def measure(start: float, committed: Committed, handled: dict[uuid.UUID, float]) -> dict[str, float]:
     """Rate from the first write to the last handler commit; latency commit → handled.
     (perf_counter is CLOCK_MONOTONIC on Linux: comparable across processes.)"""
@@ -362,7 +380,9 @@ async def main() -> None:
             await shape.start()
             try:
                 await shape.run("flat", min(500, args.events))  # warm-up: connections, prepared statements
+                mark = await last_effect(engine)
                 full = await shape.run("flat", args.events)
+                full["consumer_transactions_per_event"] = await consumer_transactions_per_event(engine, mark)
                 # The raw figure again, right after: on a shared machine it drifts
                 # within a run; the ratio is taken against the mean of the two.
                 raw_after = await raw_rate(args.broker, args.raw_events, body)
@@ -371,7 +391,8 @@ async def main() -> None:
                 print(
                     f"prost end to end (RabbitMQ, producer and consumer processes): {full['rate']:.0f} events/s "
                     f"= {full['rate'] / raw:.0%} of raw; latency p50 {full['p50_ms']:.1f} ms, "
-                    f"p99 {full['p99_ms']:.1f} ms"
+                    f"p99 {full['p99_ms']:.1f} ms; consumer transactions per event "
+                    f"{full['consumer_transactions_per_event']:.2f}"
                 )
                 half_rate = full["rate"] / 2
                 half = await shape.run("paced", 0, half_rate, args.paced_seconds)
@@ -412,6 +433,7 @@ async def main() -> None:
                 "ratio_to_raw": round(ratio, 3),
                 "p50_ms": round(full["p50_ms"], 2),
                 "p99_ms": round(full["p99_ms"], 2),
+                "consumer_transactions_per_event": round(full["consumer_transactions_per_event"], 3),
                 "half_rate_events_s": round(half_rate),
                 "half_rate_p50_ms": round(half["p50_ms"], 2),
                 "half_rate_p99_ms": round(half["p99_ms"], 2),
