@@ -4,8 +4,8 @@ Every handler runs inside the inbox transaction (its writes commit with the
 `(event_id, 'cart')` record) and is written for any order of delivery: it looks at
 the checkout's current step in `cart.saga_states` and does nothing when the event is
 stale, a duplicate, or not about a cart checkout; the order events of orders made
-without a cart are acknowledged without a transaction at all (`Only`). No handler calls another service;
-holds to place again are left `pending` for the re-hold loop
+without a cart are acknowledged without a transaction at all (`Only`). No handler
+calls another service; holds to place again are left `pending` for the re-hold loop
 (`operations.hold_pending_lines_forever`), so a slow or absent catalog never holds
 up or fails event handling.
 

@@ -1,6 +1,7 @@
 """The catalog's part in the place-order saga (DESIGN.md section 5): one handler per
 instruction of the orders service, each run by the inbox in one transaction with its
-outbox rows (see `inventory.py` for the stock rules and the locks).
+outbox rows, but for the extension, which needs no record (see `inventory.py` for the
+stock rules and the locks).
 
     order.placed       reserve every line or none (converting the cart's holds)
                        → stock.reserved {order_id, lines, expires_at}
