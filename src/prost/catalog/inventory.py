@@ -56,8 +56,13 @@ _O = order_stock
 OrderState = Literal["reserved", "failed", "committed", "cancelled"]
 
 
+def _from_now(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """now() + that many seconds (a bound parameter, or a literal)."""
+    return sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
 def _seconds(ttl_seconds: float) -> sa.ColumnElement[Any]:
-    return sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.literal(float(ttl_seconds), sa.Float))
+    return _from_now(sa.literal(float(ttl_seconds), sa.Float))
 
 
 # -- locks and counters ------------------------------------------------------------
@@ -128,7 +133,7 @@ _RESERVE_ORDER = (
             sa.bindparam("n_owner_id", type_=pg.UUID(as_uuid=True)),
             _new_lines.c.product_id,
             _new_lines.c.quantity,
-            sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("n_ttl", type_=sa.Float)),
+            _from_now(sa.bindparam("n_ttl", type_=sa.Float)),
         ),
     )
     .returning(_R.c.expires_at)
@@ -301,7 +306,7 @@ _BUMP = (
     .returning(_P.c.id)
     .cte("bump")
 )
-_HOLD_EXPIRES = sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("ttl", type_=sa.Float))
+_HOLD_EXPIRES = _from_now(sa.bindparam("ttl", type_=sa.Float))
 _INSERT_HOLD = (
     sa.insert(_R)
     .from_select(

@@ -28,7 +28,7 @@ from prost.kit.bus.base import MessageBus, topic_matches
 from prost.kit.clients import ServiceClients
 from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
-from prost.kit.service import Only, Raw, ServiceContext, ServiceDefinition, Subscription
+from prost.kit.service import EventHandler, Only, Raw, ServiceContext, ServiceDefinition, Subscription
 from prost.kit.settings import Settings
 from prost.runtime import revocations as revocations_feed
 
@@ -38,16 +38,16 @@ log = logging.getLogger("prost.runtime")
 def handler_for(
     ctx: ServiceContext, box: inbox.Inbox, routing_key: str, target: Subscription
 ) -> Callable[[Envelope], Awaitable[None]]:
+    only = target if isinstance(target, Only) else None
+    handler: EventHandler | Raw = target.handler if isinstance(target, Only) else target
+
     async def on_message(envelope: Envelope) -> None:
         token = correlation_id_var.set(envelope.correlation_id)
         try:
-            if isinstance(target, Raw):
-                await target.handler(envelope, ctx)
-            elif isinstance(target, Only):
-                if target.applies(envelope):
-                    await box.handle(envelope, lambda session: target.handler(envelope, session, ctx))
-            else:
-                await box.handle(envelope, lambda session: target(envelope, session, ctx))
+            if isinstance(handler, Raw):
+                await handler.handler(envelope, ctx)
+            elif only is None or only.applies(envelope):
+                await box.handle(envelope, lambda session: handler(envelope, session, ctx))
         finally:
             correlation_id_var.reset(token)
 

@@ -35,6 +35,15 @@ async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> None:
         await outbox.add_all_to_outbox(session, envelopes)
 
 
+async def counting_orders_service(engine: AsyncEngine, harness: Harness) -> tuple[MessageBus, str]:
+    """An empty `msg_a` outbox and a service counting the `order.*` events it gets in `msg_b`."""
+    await clear_outbox(engine, "msg_a")
+    bus = await harness.bus()
+    service = harness.service("orders")
+    await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+    return bus, service
+
+
 async def test_outbox_row_commits_with_the_transaction_or_not_at_all(engine: AsyncEngine, harness: Harness) -> None:
     await clear_outbox(engine, "msg_a")
     kept, dropped = envelope("order.placed"), envelope("order.placed")
@@ -55,10 +64,7 @@ async def test_outbox_row_commits_with_the_transaction_or_not_at_all(engine: Asy
 async def test_relay_publishes_marks_sent_and_the_inbox_records_the_effect(
     engine: AsyncEngine, harness: Harness
 ) -> None:
-    await clear_outbox(engine, "msg_a")
-    bus = await harness.bus()
-    service = harness.service("orders")
-    await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+    bus, service = await counting_orders_service(engine, harness)
     batch = [envelope("order.placed", n=n) for n in range(5)]
     await write(engine, batch)
 
@@ -77,10 +83,7 @@ async def _has(engine: AsyncEngine, schema: str, service: str, n: int) -> bool:
 async def test_unroutable_row_stays_unsent_and_does_not_block_later_rows(
     engine: AsyncEngine, harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await clear_outbox(engine, "msg_a")
-    bus = await harness.bus()
-    service = harness.service("orders")
-    await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+    bus, service = await counting_orders_service(engine, harness)
     lost = envelope("nobody.listens")
     later = [envelope("order.placed") for _ in range(3)]
     await write(engine, [lost])
@@ -162,10 +165,7 @@ class ConfirmsHalf(CrashAfterPublish):
 async def test_rows_the_broker_did_not_confirm_stay_unsent(engine: AsyncEngine, harness: Harness) -> None:
     """The relay marks its batch sent when it claims it; what the broker did not confirm
     is put back before the mark commits."""
-    await clear_outbox(engine, "msg_a")
-    bus = await harness.bus()
-    service = harness.service("orders")
-    await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
+    bus, service = await counting_orders_service(engine, harness)
     batch = [envelope("order.placed", n=n) for n in range(6)]
     await write(engine, batch)
 
