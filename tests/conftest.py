@@ -1,5 +1,10 @@
 """Shared fixtures: a fresh migrated database per test run, a RabbitMQ vhost, a running system.
 
+The session's `system` runs on the run's database with all its background work (relays,
+the catalog's sweeper, the payments resumer, the orders reconciler). A module that runs a
+service's handlers or loops itself, on that service's schema, takes a database of its own
+with `engine = own_database()` (helpers.py), so the system never takes a test's rows.
+
 - PROST_TEST_DATABASE_URL: a PostgreSQL server to use (a throwaway database is created
   on it and dropped at the end); without it, the embedded PostgreSQL is started.
 - PROST_TEST_BROKER_URL: RabbitMQ (default amqp://guest:guest@127.0.0.1:5672/); tests
@@ -82,6 +87,15 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     eng = create_engine(database_url)
     yield eng
     await eng.dispose()
+
+
+@pytest.fixture(scope="module")
+async def own_engine(server_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated database of the requesting module's own (see `helpers.own_database`)."""
+    async with fresh_database(server_url) as url:
+        eng = create_engine(url)
+        yield eng
+        await eng.dispose()
 
 
 def _broker_reachable(url: str) -> bool:

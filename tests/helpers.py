@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from prost.kit import migrations
@@ -83,6 +84,18 @@ class served:
         self._server.should_exit = True
         await self._task
         self._sock.close()
+
+
+def own_database() -> Any:
+    """`engine = own_database()` in a test module: its tests' `engine` (and every fixture
+    that takes one) is a database of the module's own, which the session's running system
+    does not touch (conftest.py: `own_engine`)."""
+
+    @pytest.fixture(scope="module")
+    def engine(own_engine: Any) -> Any:
+        return own_engine
+
+    return engine
 
 
 def _with_database(url: str, name: str) -> str:

@@ -22,6 +22,10 @@ from prost.kit.messages import Envelope, Event
 from prost.kit.service import Raw
 from prost.kit.settings import Settings
 
+from helpers import own_database
+
+engine = own_database()  # the catalog's sweeper of the session's system works on the run's database
+
 CTX: Any = SimpleNamespace(name="catalog", settings=Settings(reservation_ttl_seconds=120, cart_hold_ttl_seconds=600))
 
 
