@@ -16,7 +16,6 @@ up or fails event handling.
                      every line `pending` a new hold
     stock.released   kind `cart_hold`: the cart's lines show the lapse; kind `order`
                      for a cancelled checkout: lines that found no stock try again
-    cart.checked_out its own announcement, bound only so that it is always routable
 """
 
 from __future__ import annotations
@@ -26,12 +25,11 @@ import uuid
 
 from prost.cart.domain import CartStatus, LockStatus, SagaRecord, SagaStatus, takes_order_events
 from prost.cart.repository import CartRepository, SagaRepository
-from prost.contracts.cart import CartCheckedOut
 from prost.contracts.catalog import StockReleased
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
-from prost.kit.service import Only, Raw, ServiceContext, Subscription
+from prost.kit.service import Only, ServiceContext, Subscription
 
 log = logging.getLogger("prost.cart")
 
@@ -122,20 +120,12 @@ async def note_released_stock(envelope: Envelope, session: Session, ctx: Service
             )
 
 
-async def acknowledge_own_checkout(envelope: Envelope, ctx: ServiceContext) -> None:
-    """`cart.checked_out` is announced for whoever wants it (no service does yet). The
-    cart binds it itself so the bus can always route it: an event no queue is bound
-    for stays in the outbox and is retried for ever. Nothing to do on it, so no
-    transaction and no inbox record."""
-
-
 def made_from_a_cart(envelope: Envelope) -> bool:
     """Orders placed straight through the orders API have no cart: nothing here to do."""
     return envelope.payload.get("cart_id") is not None
 
 
 SUBSCRIPTIONS: dict[str, Subscription] = {
-    CartCheckedOut.TYPE: Raw(acknowledge_own_checkout),
     "order.placed": Only(made_from_a_cart, mark_cart_checked_out_for_placed_order),
     "order.confirmed": Only(made_from_a_cart, start_fresh_cart_for_confirmed_order),
     "order.cancelled": Only(made_from_a_cart, reopen_cart_for_cancelled_order),

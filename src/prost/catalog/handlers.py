@@ -10,7 +10,6 @@ stock rules and the locks).
                        to repeat, so its own short transaction, not the inbox)
     order.confirmed    commit: stock goes down → stock.committed {order_id, lines}
     order.cancelled    release → stock.released {kind: order, reason: cancelled, lines}
-    product.created/updated  its own announcements, acknowledged (see below)
 
 Any of them may come twice or out of order. The order's `order_stock` row remembers
 what was done: a repeated `order.placed` repeats the first answer (while it still
@@ -29,8 +28,6 @@ import logging
 from prost.catalog import inventory
 from prost.catalog.repository import run_in_transaction
 from prost.contracts.catalog import (
-    ProductCreated,
-    ProductUpdated,
     Shortage,
     StockCommitted,
     StockReleased,
@@ -120,15 +117,7 @@ async def release_stock_for_cancelled_order(envelope: Envelope, session: Session
         await _announce(session, event, order_id=cancelled.order_id, caused_by=envelope)
 
 
-async def acknowledge_own_product_event(envelope: Envelope, ctx: ServiceContext) -> None:
-    """`product.created` / `product.updated` are announcements no service needs yet; the
-    catalog binds them itself so they are delivered (an event no queue is bound for would
-    stay in the outbox and be retried for ever). Nothing to do, so no inbox row either."""
-
-
 SUBSCRIPTIONS: dict[str, Subscription] = {
-    ProductCreated.TYPE: Raw(acknowledge_own_product_event),
-    ProductUpdated.TYPE: Raw(acknowledge_own_product_event),
     OrderPlaced.TYPE: reserve_stock_for_order,
     PaymentRequested.TYPE: Raw(extend_reservation_for_payment),
     OrderConfirmed.TYPE: commit_stock_for_confirmed_order,

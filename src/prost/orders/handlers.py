@@ -4,7 +4,9 @@ Every saga event goes the same way (`advance_saga`): lock the order's saga row, 
 `saga.decide` say what the event means in the saga's current state, write that
 decision (saga row, order status, compensation log, outgoing events) in the inbox's
 transaction. A duplicate, stale or out-of-order event is a decision that changes
-nothing. `stock.committed` needs no transaction (see `note_stock_committed`).
+nothing. `stock.committed` is not consumed: orders wrote its view of the reservation
+as `committed` when it confirmed the order (the catalog's commit of a confirmed order
+is idempotent and certain), so the event is an announcement.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import logging
 import uuid
 
-from prost.contracts.catalog import StockCommitted, StockReleased, StockReservationFailed, StockReserved
+from prost.contracts.catalog import StockReleased, StockReservationFailed, StockReserved
 from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRefunded
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
-from prost.kit.service import Raw, ServiceContext, Subscription
+from prost.kit.service import ServiceContext, Subscription
 from prost.orders import saga as sg
 from prost.orders.repository import SagaRepository, utcnow
 
@@ -64,19 +66,10 @@ async def advance_saga(envelope: Envelope, session: Session, ctx: ServiceContext
     await sagas.apply(current, decision, caused_by=envelope, now=now)
 
 
-async def note_stock_committed(envelope: Envelope, ctx: ServiceContext) -> None:
-    """The catalog committed a confirmed order's reservation (stock went down). Orders
-    already wrote its view of the reservation as `committed` when it confirmed the
-    order (the catalog's commit of a confirmed order is idempotent and certain), so
-    nothing is left to do: no transaction, no inbox row. Consumed all the same, so the
-    event leaves the catalog's outbox."""
-
-
 SUBSCRIPTIONS: dict[str, Subscription] = {
     StockReserved.TYPE: advance_saga,
     StockReservationFailed.TYPE: advance_saga,
     StockReleased.TYPE: advance_saga,
-    StockCommitted.TYPE: Raw(note_stock_committed),
     PaymentProcessed.TYPE: advance_saga,
     PaymentFailed.TYPE: advance_saga,
     PaymentRefunded.TYPE: advance_saga,

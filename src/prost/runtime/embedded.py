@@ -38,6 +38,9 @@ Progress = Callable[[str], None]
 
 
 def make_bus(settings: Settings) -> MessageBus:
+    """The bus the settings name. Events no service consumes are its announcements,
+    worked out from every service's subscriptions (not only the ones this process runs)."""
+    announcements = registry.announcements()
     if settings.broker_url:
         from prost.kit.bus.rabbitmq import RabbitMQBus
 
@@ -47,11 +50,14 @@ def make_bus(settings: Settings) -> MessageBus:
             prefetch=settings.rabbitmq_prefetch,
             max_delivery_attempts=settings.max_delivery_attempts,
             retry_base_delay_ms=settings.retry_base_delay_ms,
+            announcements=announcements,
         )
     from prost.kit.bus.memory import MemoryBus
 
     return MemoryBus(
-        max_delivery_attempts=settings.max_delivery_attempts, retry_base_delay_ms=settings.retry_base_delay_ms
+        max_delivery_attempts=settings.max_delivery_attempts,
+        retry_base_delay_ms=settings.retry_base_delay_ms,
+        announcements=announcements,
     )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from prost import contracts
+from prost.kit.bus.base import topic_matches
 from prost.kit.service import ServiceDefinition
 from prost.kit.settings import SERVICES
 
@@ -36,3 +38,17 @@ def available() -> list[str]:
 
 def definitions(services: list[str] | None = None) -> list[ServiceDefinition]:
     return [definition(s) for s in (services or available())]
+
+
+def announcements(services: list[ServiceDefinition] | None = None) -> frozenset[str]:
+    """The event types of the catalogue that no service consumes (`user.registered`,
+    `product.created`, `stock.committed`...): published for whoever binds a queue to
+    them, and dropped by the bus when nobody has. Computed from every service's
+    subscriptions, whichever of them this process runs. A subscription that matches no
+    event of the catalogue is refused: it would turn the event it meant into an
+    announcement nobody hears."""
+    bindings = [key for d in (services if services is not None else definitions()) for key in d.subscriptions]
+    unknown = [b for b in bindings if not any(topic_matches(b, t) for t in contracts.EVENT_TYPES)]
+    if unknown:
+        raise ValueError(f"subscriptions to no event of the catalogue: {', '.join(sorted(unknown))}")
+    return frozenset(t for t in contracts.EVENT_TYPES if not any(topic_matches(b, t) for b in bindings))

@@ -146,7 +146,7 @@ async def test_an_admin_creates_a_product_with_the_contract_shape(
             )
         return sent is not None
 
-    await eventually(delivered)  # bound by the catalog itself, so it never sticks in the outbox
+    await eventually(delivered)  # no service consumes it: an announcement, so it never sticks in the outbox
 
 
 async def test_optional_fields_take_their_defaults_and_a_number_price_is_read_as_a_decimal(

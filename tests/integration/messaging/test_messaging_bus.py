@@ -66,6 +66,33 @@ async def test_unroutable_envelope_does_not_fail_the_rest_of_its_batch(harness: 
     await eventually(lambda: seen == [good.event_id])
 
 
+async def test_an_announcement_nobody_binds_is_published_and_dropped(harness: Harness) -> None:
+    bus = await harness.bus(announcements={"thing.announced"})
+    await bus.declare(harness.service("orders"), ["order.*"])
+    announced, unheard = envelope("thing.announced"), envelope("nobody.listens")
+
+    with pytest.raises(Unroutable) as caught:
+        await bus.publish([announced, unheard])  # only the type nobody announced is a fault
+
+    assert list(caught.value.sent) == [announced.event_id]
+    assert set(caught.value.failed) == {unheard.event_id}
+
+
+async def test_an_announcement_reaches_whoever_binds_it(harness: Harness) -> None:
+    bus = await harness.bus(announcements={"thing.announced"})
+    seen: list[uuid.UUID] = []
+
+    async def handle(env: Envelope) -> None:
+        seen.append(env.event_id)
+
+    await bus.publish([envelope("thing.announced")])  # nobody bound yet: dropped
+    await bus.consume(harness.service("audit"), ["thing.*"], handle)
+    later = envelope("thing.announced")
+    await bus.publish([later])
+
+    await eventually(lambda: seen == [later.event_id])
+
+
 async def test_declared_queue_keeps_messages_until_a_consumer_starts(harness: Harness) -> None:
     bus = await harness.bus()
     service = harness.service("late")

@@ -102,6 +102,16 @@ async def test_unroutable_row_stays_unsent_and_does_not_block_later_rows(
     await eventually(lambda: _has(engine, "msg_b", service, 3))
 
 
+async def test_an_announcement_nobody_binds_leaves_the_outbox(engine: AsyncEngine, harness: Harness) -> None:
+    await clear_outbox(engine, "msg_a")
+    bus = await harness.bus(announcements={"thing.announced"})
+    await write(engine, [envelope("thing.announced"), envelope("thing.announced")])
+
+    await relay_for(engine, bus, "msg_a").relay_once()
+
+    assert await unsent(engine, "msg_a") == []
+
+
 async def test_a_duplicate_delivery_gives_one_effect(engine: AsyncEngine, harness: Harness) -> None:
     bus = await harness.bus()
     service = harness.service("cart")

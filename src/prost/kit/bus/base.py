@@ -5,6 +5,9 @@ Semantics both keep:
 - `publish` returns only once every envelope is safely accepted (RabbitMQ: publisher
   confirm; memory: every subscribed service handled it or parked it as dead). An
   envelope no queue is bound for raises `Unroutable`; nothing is acknowledged on error.
+  Except an *announcement* (a type in the bus's `announcements`, one no service of
+  the system consumes): it goes to whoever bound a queue to it, and is dropped when
+  nobody has.
 - Each service has one queue bound to routing-key patterns (`*` one word, `#` any);
   several consumers of one service compete for its messages (replicas).
 - A handler that raises is retried with growing delays; after

@@ -13,7 +13,8 @@ parked it as dead, so the outbox marks a row sent only after the whole fan-out i
 done: if the process stops first, the row stays unsent and is published again at the
 next start (the inbox absorbs what had already been handled). A batch is fanned out
 at once and handled concurrently, not one envelope after another. An envelope no
-service is bound for fails with `Unroutable` while the rest of its batch goes on.
+service is bound for fails with `Unroutable` while the rest of its batch goes on
+(an announcement nobody listens to is dropped instead).
 
 Dead letters live in memory only; events parked as dead have their outbox row marked
 sent, so after a restart they are gone (RabbitMQ keeps them in `<service>.dead`).
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -82,7 +83,15 @@ class _Service:
 
 
 class MemoryBus(MessageBus):
-    def __init__(self, *, max_delivery_attempts: int = 5, retry_base_delay_ms: int = 200, prefetch: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        max_delivery_attempts: int = 5,
+        retry_base_delay_ms: int = 200,
+        prefetch: int = 16,
+        announcements: Collection[str] = frozenset(),
+    ) -> None:
+        self.announcements = frozenset(announcements)
         self.max_delivery_attempts = max(1, max_delivery_attempts)
         self.retry_base_delay_ms = retry_base_delay_ms
         self.prefetch = max(1, prefetch)
@@ -172,7 +181,7 @@ class MemoryBus(MessageBus):
             targets = [s for s in self._services.values() if s.wants(envelope.event_type)]
             listened = self._notify_listeners(envelope)
             if not targets:
-                if listened:
+                if listened or envelope.event_type in self.announcements:
                     sent.append(envelope.event_id)
                 else:
                     failed[envelope.event_id] = Unroutable(f"no service is bound for {envelope.event_type!r}")

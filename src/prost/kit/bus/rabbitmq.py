@@ -14,7 +14,8 @@ Layout in the broker, for an exchange `prost.events` and a service `orders` with
 
 - Publishing uses one channel with publisher confirms and `mandatory`: `publish`
   returns once the broker confirmed every message (persistent); a message no queue is
-  bound for comes back (basic.return) and fails with `Unroutable`. A batch is sent with
+  bound for comes back (basic.return) and fails with `Unroutable`. Announcements go
+  without `mandatory`: the broker drops them when no queue is bound. A batch is sent with
   all its messages in flight at once and the outcome is told per envelope.
 - Consuming: one channel per `consume` call with `prefetch` unacknowledged messages;
   consumers of one service share its queue (competing consumers).
@@ -44,7 +45,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,8 +94,10 @@ class RabbitMQBus(MessageBus):
         retry_base_delay_ms: int = 200,
         publish_timeout: float = 10.0,
         reconnect_interval: float = 1.0,
+        announcements: Collection[str] = frozenset(),
     ) -> None:
         self.url = url
+        self.announcements = frozenset(announcements)
         self.exchange_name = exchange
         self.quorum = quorum
         self.prefetch = max(1, prefetch)
@@ -238,7 +241,7 @@ class RabbitMQBus(MessageBus):
                 await exchange.publish(
                     self._message(envelope),
                     routing_key=envelope.event_type,
-                    mandatory=True,
+                    mandatory=envelope.event_type not in self.announcements,
                     timeout=self.publish_timeout,
                 )
             except aiormq.exceptions.PublishError as exc:
