@@ -17,6 +17,7 @@ from cart_support import available, get_cart, lines, make_product, peer_unreacha
 from helpers import GOOD_CARD, eventually
 
 DECLINED_CARD = {**GOOD_CARD, "card_number": "4000000000000002"}
+SILENT_CARD = {**GOOD_CARD, "card_number": "4000000000000341"}  # the saga waits for its step timeout
 
 
 async def order_of(client: httpx.AsyncClient, headers: dict[str, str], order_id: str) -> dict[str, Any]:
@@ -128,6 +129,16 @@ async def test_a_successful_checkout_makes_the_order_and_then_gives_a_fresh_cart
     assert await available(client, product["id"]) == 8
 
 
+async def test_while_its_order_runs_the_cart_reads_checked_out(client: httpx.AsyncClient) -> None:
+    h, product, cart = await filled_cart(client, quantity=2)
+    r = await client.post("/api/v1/cart/checkout", headers=h, json={"payment": SILENT_CARD})
+    assert r.status_code == 202, r.text
+    during = await get_cart(client, h)
+    assert (during["id"], during["status"]) == (cart["id"], "checked_out")
+    assert lines(during) == {product["id"]: 2}
+    assert (await order_of(client, h, r.json()["order_id"]))["status"] in ("pending", "stock_reserved")
+
+
 async def test_a_declined_card_opens_the_cart_again_with_its_items_held(client: httpx.AsyncClient) -> None:
     h, product, cart = await filled_cart(client, stock=5, quantity=3)
     r = await client.post("/api/v1/cart/checkout", headers=h, json={"payment": DECLINED_CARD})
@@ -182,8 +193,21 @@ async def test_concurrent_checkouts_with_one_key_make_one_order(client: httpx.As
     accepted = [r for r in results if r.status_code == 202]
     assert accepted, [r.text for r in results]
     assert all(r.status_code in (202, 409) for r in results), [r.text for r in results]
+    assert all(r.json()["error"] == "conflict" for r in results if r.status_code == 409)
     assert len({r.json()["order_id"] for r in accepted}) == 1
     assert len(await orders_of(client, h)) == 1
+
+
+async def test_another_users_identical_key_is_a_request_of_its_own(client: httpx.AsyncClient) -> None:
+    key = {"Idempotency-Key": f"checkout-{uuid.uuid4()}"}
+    answers = []
+    for _ in range(2):
+        h, _product, _cart = await filled_cart(client)
+        r = await client.post("/api/v1/cart/checkout", headers={**h, **key}, json={"payment": GOOD_CARD})
+        assert r.status_code == 202, r.text
+        assert "Idempotent-Replayed" not in r.headers
+        answers.append(r.json()["order_id"])
+    assert answers[0] != answers[1]
 
 
 async def test_the_same_key_with_another_body_is_422_idempotency_key_reused(client: httpx.AsyncClient) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import sqlalchemy as sa
 from orders_support import (
     DECLINED,
     final,
@@ -287,29 +289,40 @@ async def test_a_key_whose_first_request_failed_validation_can_be_used_again(cli
     assert good.status_code == 202
 
 
-async def test_expired_keys_are_purged(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+async def test_keys_are_kept_24_hours_and_purged_after(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     from prost.orders.api import IDEMPOTENCY
 
     item = await make_product(client)
     user, token = await register(client)
-    r = await client.post(
-        "/api/v1/orders", json=order_body((item["id"], 1)), headers={**bearer(token), "Idempotency-Key": "old"}
-    )
-    assert r.status_code == 202
-    async with engine.begin() as conn:
-        await conn.execute(
-            __import__("sqlalchemy").text(
-                "UPDATE orders.idempotency_records SET created_at = now() - interval '25 hours' WHERE user_id = :u"
-            ),
-            {"u": uuid.UUID(user["id"])},
+    first: dict[str, Any] = {}
+    for key in ("day-old", "too-old"):
+        r = await client.post(
+            "/api/v1/orders", json=order_body((item["id"], 1)), headers={**bearer(token), "Idempotency-Key": key}
         )
+        assert r.status_code == 202
+        first[key] = r.json()
+    async with engine.begin() as conn:
+        for key, hours in (("day-old", 23), ("too-old", 25)):
+            await conn.execute(
+                sa.text(
+                    "UPDATE orders.idempotency_records SET created_at = now() - make_interval(hours => :h) "
+                    "WHERE user_id = :u AND key = :k"
+                ),
+                {"h": hours, "u": uuid.UUID(user["id"]), "k": key},
+            )
     assert await IDEMPOTENCY.purge_expired(engine) >= 1
-    assert await count_keys(engine, user["id"]) == 0
-    again = await client.post(
-        "/api/v1/orders", json=order_body((item["id"], 1)), headers={**bearer(token), "Idempotency-Key": "old"}
-    )
-    assert again.status_code == 202
-    assert again.json()["id"] != r.json()["id"]
+    assert await count_keys(engine, user["id"]) == 1
+
+    async def again(key: str) -> httpx.Response:
+        return await client.post(
+            "/api/v1/orders", json=order_body((item["id"], 1)), headers={**bearer(token), "Idempotency-Key": key}
+        )
+
+    kept = await again("day-old")
+    assert (kept.status_code, kept.json()) == (202, first["day-old"])  # still the first response
+    renewed = await again("too-old")
+    assert renewed.status_code == 202
+    assert renewed.json()["id"] != first["too-old"]["id"]  # a new request
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -419,6 +432,22 @@ async def test_the_saga_view_lists_steps_and_compensations_with_times(client: ht
     assert all(s["at"].endswith("Z") for s in view["steps"])
     assert view["compensations"] == []
     assert (await saga(client, token, order["id"]))["order_id"] == order["id"]
+
+
+async def test_the_saga_view_of_a_compensated_order_gives_each_compensation_a_time_and_shows_to_admins(
+    client: httpx.AsyncClient,
+) -> None:
+    item = await make_product(client)
+    _, token = await register(client)
+    order = await place(client, token, (item["id"], 1), card=DECLINED)
+    await final(client, token, order["id"])
+    view = await settled_saga(client, token, order["id"])
+    assert view["status"] == "compensated", view
+    [compensation] = view["compensations"]
+    assert (compensation["action"], compensation["status"]) == ("release_stock", "acknowledged")
+    assert compensation["at"].endswith("Z")
+    assert datetime.fromisoformat(compensation["at"]) >= datetime.fromisoformat(order["created_at"])
+    assert await saga(client, await admin_token(client), order["id"]) == view
 
 
 # -- the internal API for the cart ------------------------------------------------------------------
