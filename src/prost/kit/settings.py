@@ -63,10 +63,13 @@ class Settings(BaseSettings):
     reservation_ttl_seconds: int = 120
     cart_hold_ttl_seconds: int = 3600
     sweep_interval_seconds: float = 1.0
-    saga_step_timeout_seconds: float = 30.0
+    saga_step_timeout_seconds: float = Field(default=30.0, gt=0)
+    # the payment step's own, shorter deadline (never longer than the step timeout): with
+    # the defaults an order whose provider never answers is final within 5 seconds
+    saga_payment_timeout_seconds: float = Field(default=3.0, gt=0)
     payment_latency_ms: int = 0
     # payments: a provider call that does not answer within this is given up as
-    # `payment_error` (0 = 1.5 × the saga step timeout: the saga times out first)
+    # `payment_error` (0 = 1.5 × the payment step's timeout: the saga times out first)
     payment_provider_timeout_seconds: float = 0.0
     payment_max_attempts: int = Field(default=5, ge=1)
     payment_retry_base_ms: int = 200
@@ -77,6 +80,11 @@ class Settings(BaseSettings):
     gateway_timeout_seconds: float = 10.0
 
     log_level: str = "INFO"
+
+    @property
+    def payment_step_timeout_seconds(self) -> float:
+        """The payment step's deadline: its own timeout, bounded by every step's."""
+        return min(self.saga_step_timeout_seconds, self.saga_payment_timeout_seconds)
 
     def service_url(self, service: str) -> str | None:
         url: str | None = getattr(self, f"{service}_url")

@@ -27,7 +27,8 @@ Rules that hold in every state, because events arrive at least once and in any o
 - a compensation is logged before it is sent and sent again, with growing delays,
   until its acknowledgement arrives (after `policy.max_attempts` it is abandoned
   and reported: the saga then reads `failed`);
-- a step that passes its deadline (`policy.step_timeout`) is compensated (`timeout`).
+- a step that passes its deadline (`policy.step_timeout`; the payment step
+  `policy.payment_timeout`, shorter) is compensated (`timeout`).
 
 Saga steps (`saga_states.step`) and the order's status::
 
@@ -124,6 +125,8 @@ REQUESTED, ACKNOWLEDGED, ABANDONED = "requested", "acknowledged", "abandoned"
 @dataclass(frozen=True, slots=True)
 class Policy:
     step_timeout: timedelta = timedelta(seconds=30)
+    payment_timeout: timedelta = timedelta(seconds=3)
+    """The payment step's deadline (`Settings.payment_step_timeout_seconds`)."""
     retry_base: timedelta = timedelta(seconds=30)
     """First delay before an unacknowledged compensation is sent again; doubles."""
     retry_cap: timedelta = timedelta(minutes=5)
@@ -133,7 +136,8 @@ class Policy:
     def from_settings(cls, settings: Settings) -> Policy:
         # A compensation gets as long as a step before it is sent again.
         timeout = timedelta(seconds=settings.saga_step_timeout_seconds)
-        return cls(step_timeout=timeout, retry_base=timeout)
+        payment = timedelta(seconds=settings.payment_step_timeout_seconds)
+        return cls(step_timeout=timeout, payment_timeout=payment, retry_base=timeout)
 
     def retry_delay(self, attempts: int) -> timedelta:
         delay: timedelta = self.retry_base * (2 ** max(0, attempts - 1))
@@ -342,7 +346,7 @@ def on_stock_reserved(saga: Saga, event: StockReserved, *, now: datetime, policy
             saga,
             step=Step.PROCESSING_PAYMENT,
             status=OrderStatus.STOCK_RESERVED,
-            deadline=now + policy.step_timeout,
+            deadline=now + policy.payment_timeout,
             log=((RESERVE_STOCK, COMPLETED), (PROCESS_PAYMENT, RUNNING)),
             now=now,
             reservation_expires_at=event.expires_at,

@@ -123,12 +123,12 @@ class RetryPolicy:
     """How long payments waits for its provider, and how it retries provider errors.
 
     - `call_timeout`: one provider call that has not answered by then is given up
-      (`payment_error`). It is longer than the saga step timeout on purpose: a provider
+      (`payment_error`). It is longer than the payment step's timeout on purpose: a provider
       that never answers lets the saga time out first (order `cancelled`, `timeout`),
       and payments' own failure arrives late and changes nothing there.
     - Provider errors are retried with the same idempotency key after
       `base_delay × 2^(n-1)`, at most `max_attempts` calls in all, and only while the
-      next call still starts within `budget` (half the saga step timeout), leaving the
+      next call still starts within `budget` (half the payment step's timeout), leaving the
       other half for the successful call and the saga's next hops.
     """
 
@@ -139,7 +139,7 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        step = settings.saga_step_timeout_seconds
+        step = settings.payment_step_timeout_seconds
         return cls(
             max_attempts=settings.payment_max_attempts,
             base_delay=settings.payment_retry_base_ms / 1000,

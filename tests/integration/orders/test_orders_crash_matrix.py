@@ -96,7 +96,11 @@ async def test_a_crash_right_after_a_step_commits_ends_in_the_same_final_state(
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
-            database_url=url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD, saga_step_timeout_seconds=120
+            database_url=url,
+            admin_email=ADMIN_EMAIL,
+            admin_password=ADMIN_PASSWORD,
+            saga_step_timeout_seconds=120,
+            saga_payment_timeout_seconds=120,
         )
         crashed = asyncio.Event()
         with monkeypatch.context() as patch:
@@ -129,7 +133,11 @@ async def test_orders_stopping_right_after_accepting_an_order_loses_nothing(
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
-            database_url=url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD, saga_step_timeout_seconds=120
+            database_url=url,
+            admin_email=ADMIN_EMAIL,
+            admin_password=ADMIN_PASSWORD,
+            saga_step_timeout_seconds=120,
+            saga_payment_timeout_seconds=120,
         )
         async with System(settings) as first, httpx.AsyncClient(base_url=first.url, timeout=30) as client:
             item = await make_product(client, stock=STOCK)

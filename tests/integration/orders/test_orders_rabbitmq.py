@@ -36,6 +36,7 @@ async def on_rabbitmq(
             admin_password=ADMIN_PASSWORD,
             payment_latency_ms=1000,
             saga_step_timeout_seconds=60,
+            saga_payment_timeout_seconds=60,
         )
         async with System(settings) as running:
             yield running

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -57,6 +58,7 @@ async def slow_payments(server_url: str, settings_factory: Callable[..., Setting
             admin_password=ADMIN_PASSWORD,
             payment_latency_ms=1000,
             saga_step_timeout_seconds=30,
+            saga_payment_timeout_seconds=30,
         )
         async with System(settings) as running:
             yield running
@@ -91,7 +93,11 @@ async def patient(server_url: str, settings_factory: Callable[..., Settings]) ->
 
     async with fresh_database(server_url) as url:
         settings = settings_factory(
-            database_url=url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD, saga_step_timeout_seconds=300
+            database_url=url,
+            admin_email=ADMIN_EMAIL,
+            admin_password=ADMIN_PASSWORD,
+            saga_step_timeout_seconds=300,
+            saga_payment_timeout_seconds=300,
         )
         async with System(settings) as running:
             yield running
@@ -201,6 +207,31 @@ async def test_the_silent_card_times_out_and_the_order_is_cancelled(hasty: Any) 
         assert actions(view)["release_stock"] == "acknowledged"
         assert ("process_payment", "timed_out") in [(s["name"], s["status"]) for s in view["steps"]]
         await stock_becomes(client, item["id"], stock=3, available=3)
+
+
+@pytest.mark.usefixtures("system")
+async def test_the_payment_step_runs_on_its_own_short_deadline(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    """The session's system keeps the default payment timeout (3 s) under a 5 s step
+    timeout: the silent card's payment step is due 3 s after it began."""
+    item = await make_product(client, stock=3)
+    _, token = await register(client)
+    order = await place(client, token, (item["id"], 1), card=SILENT)
+
+    async def paying() -> tuple[Any, Any] | None:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.text("SELECT step, deadline, steps FROM orders.saga_states WHERE order_id = :o"),
+                    {"o": uuid.UUID(order["id"])},
+                )
+            ).one()
+        return (row.deadline, row.steps) if row.step == "processing_payment" else None
+
+    deadline, steps = await eventually(paying)
+    [began] = [datetime.fromisoformat(s["at"]) for s in steps if s["name"] == "process_payment"]
+    assert deadline - began == timedelta(seconds=3)
+    done = await final(client, token, order["id"])
+    assert (done["status"], done["failure_reason"]) == ("cancelled", "timeout")
 
 
 @pytest.mark.usefixtures("system")
@@ -466,7 +497,7 @@ async def test_an_order_paid_with_the_silent_card_does_not_hold_up_other_orders(
     server_url: str, settings_factory: Callable[..., Settings]
 ) -> None:
     """The timeout card's provider never answers; payments waits for it (up to its
-    provider timeout, 1.5 step timeouts). Meanwhile other customers' orders must go on
+    provider timeout, 1.5 times the payment step's). Meanwhile other customers' orders must go on
     and reach their final status as usual."""
     from prost.runtime.embedded import System
 

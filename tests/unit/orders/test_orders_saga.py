@@ -13,11 +13,17 @@ import pytest
 from prost.contracts.catalog import Shortage, StockLine, StockReleased, StockReservationFailed, StockReserved
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced, PaymentRefundRequested, PaymentRequested
 from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRefunded
+from prost.kit.settings import Settings
 from prost.orders import saga as sg
 from prost.orders.domain import OrderNotCancellable
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-POLICY = sg.Policy(step_timeout=timedelta(seconds=30), retry_base=timedelta(seconds=2), max_attempts=4)
+POLICY = sg.Policy(
+    step_timeout=timedelta(seconds=30),
+    payment_timeout=timedelta(seconds=3),
+    retry_base=timedelta(seconds=2),
+    max_attempts=4,
+)
 PRODUCT = uuid.uuid4()
 LINES = (StockLine(product_id=PRODUCT, quantity=2),)
 
@@ -131,7 +137,7 @@ def test_stock_reserved_moves_to_payment_and_requests_it_with_a_key_derived_from
     assert saga.step is sg.Step.PROCESSING_PAYMENT
     assert saga.order_status is sg.OrderStatus.STOCK_RESERVED
     assert saga.version == 2
-    assert saga.deadline == at(1) + POLICY.step_timeout
+    assert saga.deadline == at(1) + POLICY.payment_timeout  # the payment step's own, shorter deadline
     assert saga.reservation_expires_at == at(120)
     request = only_event(decision)
     assert isinstance(request, PaymentRequested)
@@ -404,6 +410,23 @@ def test_stock_released_for_a_confirmed_order_changes_nothing() -> None:
 
 
 # -- deadlines -----------------------------------------------------------------------------------
+
+
+def test_the_payment_step_has_its_own_deadline_never_longer_than_every_steps() -> None:
+    defaults = sg.Policy.from_settings(Settings())
+    assert (defaults.step_timeout, defaults.payment_timeout) == (timedelta(seconds=30), timedelta(seconds=3))
+    bounded = sg.Policy.from_settings(Settings(saga_step_timeout_seconds=1))
+    assert bounded.payment_timeout == timedelta(seconds=1)
+    longer = sg.Policy.from_settings(Settings(saga_step_timeout_seconds=60, saga_payment_timeout_seconds=20))
+    assert longer.payment_timeout == timedelta(seconds=20)
+
+
+def test_with_the_defaults_a_provider_that_never_answers_ends_the_order_within_5_seconds() -> None:
+    """API.md: an order is final within 5 s of its acceptance. The worst case is the
+    silent card: the payment step's deadline, then up to one reconciler pass."""
+    settings = Settings()
+    worst = sg.Policy.from_settings(settings).payment_timeout.total_seconds() + settings.sweep_interval_seconds
+    assert worst <= 4.5
 
 
 def test_a_deadline_not_yet_passed_changes_nothing() -> None:

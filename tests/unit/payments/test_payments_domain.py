@@ -70,10 +70,12 @@ def test_the_provider_key_is_derived_from_the_order() -> None:
     assert domain.refund_key(domain.provider_key(order_id)) != domain.provider_key(order_id)
 
 
-def test_the_provider_timeout_defaults_to_longer_than_the_saga_step() -> None:
-    policy = RetryPolicy.from_settings(Settings(saga_step_timeout_seconds=30))
-    assert policy.call_timeout > 30
-    assert policy.budget < 30
+def test_the_provider_timeout_defaults_to_longer_than_the_payment_step() -> None:
+    policy = RetryPolicy.from_settings(Settings(saga_step_timeout_seconds=30, saga_payment_timeout_seconds=20))
+    assert policy.call_timeout > 20
+    assert policy.budget < 20
+    default = RetryPolicy.from_settings(Settings())
+    assert default.call_timeout > Settings().payment_step_timeout_seconds
     explicit = RetryPolicy.from_settings(Settings(saga_step_timeout_seconds=30, payment_provider_timeout_seconds=40))
     assert explicit.call_timeout == 40
 
