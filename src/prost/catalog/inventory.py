@@ -61,11 +61,21 @@ def _from_now(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     return sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
-def _seconds(ttl_seconds: float) -> sa.ColumnElement[Any]:
-    return _from_now(sa.literal(float(ttl_seconds), sa.Float))
-
-
 # -- locks and counters ------------------------------------------------------------
+
+
+_UUIDS = pg.ARRAY(pg.UUID(as_uuid=True))
+_STOCK_STATE = sa.select(_P.c.id, _P.c.stock, _P.c.reserved, _P.c.active)
+_OWNED_PRODUCTS = sa.select(_R.c.product_id).where(
+    _R.c.kind == sa.bindparam("kind"), _R.c.owner_id == sa.bindparam("owner_id"), _R.c.status == "active"
+)
+_NAMED = _P.c.id == sa.func.any(sa.bindparam("ids", type_=_UUIDS))
+# Hot statements are built once, with bound parameters (docs/design.md, "Statements
+# built once"). Locks are taken in id order (LockRows above the sort).
+_LOCK_NAMED, _LOCK_OWNED, _LOCK_NAMED_OR_OWNED = (
+    _STOCK_STATE.where(where).order_by(_P.c.id).with_for_update()
+    for where in (_NAMED, _P.c.id.in_(_OWNED_PRODUCTS), sa.or_(_NAMED, _P.c.id.in_(_OWNED_PRODUCTS)))
+)
 
 
 async def lock_products(
@@ -76,23 +86,14 @@ async def lock_products(
     reservations (read without locks, as the way to find them), in the same statement.
     Unknown ids are simply absent."""
     ids = sorted(set(product_ids))
-    where: sa.ColumnElement[bool] | None = _P.c.id.in_(ids) if ids else None
-    if reserved_by is not None:
+    if reserved_by is None:
+        if not ids:
+            return {}
+        rows = (await session.execute(_LOCK_NAMED, {"ids": ids})).all()
+    else:
         kind, owner_id = reserved_by
-        owned = _P.c.id.in_(
-            sa.select(_R.c.product_id).where(_R.c.kind == kind, _R.c.owner_id == owner_id, _R.c.status == "active")
-        )
-        where = owned if where is None else sa.or_(where, owned)
-    if where is None:
-        return {}
-    rows = (
-        await session.execute(
-            sa.select(_P.c.id, _P.c.stock, _P.c.reserved, _P.c.active)
-            .where(where)
-            .order_by(_P.c.id)  # locks are taken in this order (LockRows above the sort)
-            .with_for_update()
-        )
-    ).all()
+        statement = _LOCK_NAMED_OR_OWNED if ids else _LOCK_OWNED
+        rows = (await session.execute(statement, {"ids": ids, "kind": kind, "owner_id": owner_id})).all()
     return {r.id: StockState(r.id, r.stock, r.reserved, r.active) for r in rows}
 
 
@@ -420,22 +421,23 @@ async def release_hold(session: Session, *, cart_id: uuid.UUID, product_id: uuid
     return True
 
 
+_EXTEND = (
+    sa.update(_R)
+    .where(
+        _R.c.kind == sa.bindparam("r_kind"),
+        _R.c.owner_id == sa.bindparam("r_owner_id"),
+        _R.c.status == "active",
+        # An expired reservation is over, even before the sweeper marks it.
+        _R.c.expires_at > sa.func.now(),
+    )
+    .values(expires_at=_from_now(sa.bindparam("ttl", type_=sa.Float)), updated_at=sa.func.now())
+    .returning(_R.c.product_id, _R.c.quantity, _R.c.expires_at)
+)
+
+
 async def _extend(session: Session, *, kind: str, owner_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
     await lock_products(session, reserved_by=(kind, owner_id))
-    rows = (
-        await session.execute(
-            sa.update(_R)
-            .where(
-                _R.c.kind == kind,
-                _R.c.owner_id == owner_id,
-                _R.c.status == "active",
-                # An expired reservation is over, even before the sweeper marks it.
-                _R.c.expires_at > sa.func.now(),
-            )
-            .values(expires_at=_seconds(ttl_seconds), updated_at=sa.func.now())
-            .returning(_R.c.product_id, _R.c.quantity, _R.c.expires_at)
-        )
-    ).all()
+    rows = (await session.execute(_EXTEND, {"r_kind": kind, "r_owner_id": owner_id, "ttl": float(ttl_seconds)})).all()
     return sorted((Hold(r.product_id, r.quantity, "active", r.expires_at) for r in rows), key=lambda h: h.product_id)
 
 
@@ -508,12 +510,7 @@ async def _claim_order(
     first and insert only when it is missing (one statement instead of two)."""
     if expect_row and (row := await _lock_order_row(session, order_id)) is not None:
         return OrderClaim(False, row.state, row.shortages)
-    inserted = await session.scalar(
-        pg.insert(_O)
-        .values(order_id=order_id, state=state, cart_id=cart_id)
-        .on_conflict_do_nothing(index_elements=[_O.c.order_id])
-        .returning(_O.c.order_id)
-    )
+    inserted = await session.scalar(_INSERT_ORDER_ROW, {"order_id": order_id, "state": state, "cart_id": cart_id})
     if inserted is not None:
         return OrderClaim(True, state)
     row = await _lock_order_row(session, order_id)
@@ -521,10 +518,19 @@ async def _claim_order(
     return OrderClaim(False, row.state, row.shortages)
 
 
+_INSERT_ORDER_ROW = (
+    pg.insert(_O)
+    .values(order_id=sa.bindparam("order_id"), state=sa.bindparam("state"), cart_id=sa.bindparam("cart_id"))
+    .on_conflict_do_nothing(index_elements=[_O.c.order_id])
+    .returning(_O.c.order_id)
+)
+_LOCK_ORDER_ROW = (
+    sa.select(_O.c.state, _O.c.shortages).where(_O.c.order_id == sa.bindparam("order_id")).with_for_update()
+)
+
+
 async def _lock_order_row(session: Session, order_id: uuid.UUID) -> Any:
-    return (
-        await session.execute(sa.select(_O.c.state, _O.c.shortages).where(_O.c.order_id == order_id).with_for_update())
-    ).first()
+    return (await session.execute(_LOCK_ORDER_ROW, {"order_id": order_id})).first()
 
 
 async def _set_order_state(session: Session, order_id: uuid.UUID, state: OrderState, **values: Any) -> None:
@@ -533,16 +539,15 @@ async def _set_order_state(session: Session, order_id: uuid.UUID, state: OrderSt
     )
 
 
+_ORDER_ROWS = (
+    sa.select(_R.c.id, _R.c.product_id, _R.c.quantity, _R.c.expires_at)
+    .where(_R.c.kind == "order", _R.c.owner_id == sa.bindparam("order_id"), _R.c.status == "active")
+    .order_by(_R.c.product_id)
+)
+
+
 async def _order_rows(session: Session, order_id: uuid.UUID) -> list[Any]:
-    return list(
-        (
-            await session.execute(
-                sa.select(_R.c.id, _R.c.product_id, _R.c.quantity, _R.c.expires_at)
-                .where(_R.c.kind == "order", _R.c.owner_id == order_id, _R.c.status == "active")
-                .order_by(_R.c.product_id)
-            )
-        ).all()
-    )
+    return list((await session.execute(_ORDER_ROWS, {"order_id": order_id})).all())
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit.bus.base import MessageBus, PublishError, Unroutable
@@ -123,6 +124,27 @@ def listen_dsn(engine: AsyncEngine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _claim_statement(t: sa.Table, batch_size: int) -> sa.Update:
+    """Claim and mark a batch in one statement (built once per relay; `parked`: the
+    seqs to skip for now, an array that may be empty). The mark counts only if the
+    transaction commits, which it does once the broker confirmed, with the rows the
+    broker did not confirm put back first."""
+    parked = sa.bindparam("parked", type_=pg.ARRAY(sa.BigInteger()))
+    batch = (
+        sa.select(t.c.seq)
+        .where(t.c.sent_at.is_(None), sa.not_(t.c.seq == sa.func.any(parked)))
+        .order_by(t.c.seq)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        sa.update(t)
+        .where(t.c.seq.in_(batch.scalar_subquery()))
+        .values(sent_at=sa.func.now(), attempts=t.c.attempts + 1)
+        .returning(t.c.seq, t.c.envelope)
+    )
+
+
 class OutboxRelay:
     """Publishes one schema's outbox; safe to run in several replicas at once."""
 
@@ -145,6 +167,7 @@ class OutboxRelay:
         self.retention = timedelta(hours=retention_hours)
         self.publish_timeout = publish_timeout
         self.table = outbox_of(schema)
+        self._claim = _claim_statement(self.table, batch_size)
         self._wake = asyncio.Event()
         # seq -> monotonic time before which this relay does not retry an unroutable row.
         self._parked: dict[int, float] = {}
@@ -162,26 +185,11 @@ class OutboxRelay:
         return sent
 
     async def _relay_batch(self) -> tuple[int, int]:
-        t = self.table
         now = time.monotonic()
         self._parked = {seq: until for seq, until in self._parked.items() if until > now}
-        batch = sa.select(t.c.seq).where(t.c.sent_at.is_(None))
-        if self._parked:
-            batch = batch.where(t.c.seq.not_in(list(self._parked)))
-        batch = batch.order_by(t.c.seq).limit(self.batch_size).with_for_update(skip_locked=True)
-        # Claim and mark in one statement; the mark counts only if the transaction
-        # commits, which it does once the broker confirmed (below), with the rows
-        # the broker did not confirm put back first.
-        claim = (
-            sa.update(t)
-            .where(t.c.seq.in_(batch.scalar_subquery()))
-            .values(sent_at=sa.func.now(), attempts=t.c.attempts + 1)
-            .returning(t.c.seq, t.c.envelope)
-        )
-
         transient: PublishError | None = None
         async with self.engine.begin() as session:
-            rows = sorted((await session.execute(claim)).all())
+            rows = sorted((await session.execute(self._claim, {"parked": list(self._parked)})).all())
             if not rows:
                 return 0, 0
             by_id: dict[str, int] = {}

@@ -59,27 +59,37 @@ class NewPayment:
     card_token: str
 
 
+_ADD = (
+    pg.insert(payments)
+    .values(
+        id=sa.bindparam("id"),
+        order_id=sa.bindparam("order_id"),
+        user_id=sa.bindparam("user_id"),
+        amount=sa.bindparam("amount"),
+        currency=sa.bindparam("currency"),
+        status=domain.PROCESSING,
+        idempotency_key=sa.bindparam("idempotency_key"),
+        card_token=sa.bindparam("card_token"),
+        attempts=1,
+    )
+    .on_conflict_do_nothing()
+    .returning(*_COLUMNS)
+)
+
+
 async def add(session: Session, new: NewPayment) -> domain.Payment | None:
     """The order's payment, created `processing` (its first attempt counted); None when
     the order already has one (or the key belongs to another order's). One statement."""
-    inserted = (
-        await session.execute(
-            pg.insert(payments)
-            .values(
-                id=uuid.uuid4(),
-                order_id=new.order_id,
-                user_id=new.user_id,
-                amount=new.amount,
-                currency=new.currency,
-                status=domain.PROCESSING,
-                idempotency_key=new.idempotency_key,
-                card_token=new.card_token,
-                attempts=1,
-            )
-            .on_conflict_do_nothing()
-            .returning(*_COLUMNS)
-        )
-    ).first()
+    params = {
+        "id": uuid.uuid4(),
+        "order_id": new.order_id,
+        "user_id": new.user_id,
+        "amount": new.amount,
+        "currency": new.currency,
+        "idempotency_key": new.idempotency_key,
+        "card_token": new.card_token,
+    }
+    inserted = (await session.execute(_ADD, params)).first()
     return _payment(inserted) if inserted is not None else None
 
 
@@ -119,6 +129,23 @@ async def begin_attempt(session: Session, *, payment_id: uuid.UUID) -> bool:
     return done.first() is not None
 
 
+_SETTLE = (
+    sa.update(payments)
+    .where(payments.c.id == sa.bindparam("payment_id"), payments.c.status == domain.PROCESSING)
+    .values(
+        status=sa.bindparam("status"),
+        failure_reason=sa.bindparam("failure_reason"),
+        provider_charge_id=sa.bindparam("charge_id"),
+        # The card's last four and brand, when the provider told them; else as they were.
+        last4=sa.func.coalesce(sa.bindparam("last4", type_=payments.c.last4.type), payments.c.last4),
+        brand=sa.func.coalesce(sa.bindparam("brand", type_=payments.c.brand.type), payments.c.brand),
+        updated_at=sa.func.now(),
+        settled_at=sa.func.now(),
+    )
+    .returning(*_COLUMNS)
+)
+
+
 async def settle(
     session: Session,
     *,
@@ -130,26 +157,15 @@ async def settle(
     brand: str | None = None,
 ) -> domain.Payment | None:
     """Record the charge's outcome; None when the payment had already left `processing`."""
-    t = payments
-    values: dict[str, Any] = {
+    params = {
+        "payment_id": payment_id,
         "status": status,
         "failure_reason": failure_reason,
-        "provider_charge_id": charge_id,
-        "updated_at": sa.func.now(),
-        "settled_at": sa.func.now(),
+        "charge_id": charge_id,
+        "last4": last4,
+        "brand": brand,
     }
-    if last4 is not None:
-        values["last4"] = last4
-    if brand is not None:
-        values["brand"] = brand
-    row = (
-        await session.execute(
-            sa.update(t)
-            .where(t.c.id == payment_id, t.c.status == domain.PROCESSING)
-            .values(values)
-            .returning(*_COLUMNS)
-        )
-    ).first()
+    row = (await session.execute(_SETTLE, params)).first()
     return _payment(row) if row is not None else None
 
 
