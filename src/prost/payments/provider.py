@@ -275,18 +275,19 @@ class PostgresLedger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    _ADD_CARD = sa.insert(card_tokens)  # the values come as parameters (statements built once)
+
     async def add_card(self, card: VaultCard) -> None:
+        values = {
+            "token": card.token,
+            "last4": card.last4,
+            "brand": card.brand,
+            "exp_month": card.exp_month,
+            "exp_year": card.exp_year,
+            "outcome": card.outcome,
+        }
         async with autocommit(self.engine) as conn:
-            await conn.execute(
-                sa.insert(card_tokens).values(
-                    token=card.token,
-                    last4=card.last4,
-                    brand=card.brand,
-                    exp_month=card.exp_month,
-                    exp_year=card.exp_year,
-                    outcome=card.outcome,
-                )
-            )
+            await conn.execute(self._ADD_CARD, values)
 
     async def card(self, token: str) -> VaultCard | None:
         t = card_tokens
@@ -329,14 +330,34 @@ class PostgresLedger:
             values["refunded_at"] = sa.func.now()
         return values
 
-    async def _insert(self, conn: AsyncConnection, record: ChargeRecord) -> bool:
-        t = provider_charges
-        inserted = await conn.execute(
-            pg.insert(t)
-            .values(idempotency_key=record.idempotency_key, **self._values(record, None))
-            .on_conflict_do_nothing(index_elements=[t.c.idempotency_key])
-            .returning(t.c.idempotency_key)
+    _INSERT = (
+        pg.insert(provider_charges)
+        .values(
+            {
+                **{c: sa.bindparam(c) for c in ("idempotency_key", "charge_id", "token", "amount", "currency")},
+                **{c: sa.bindparam(c) for c in ("status", "decline_code", "tries", "refund_id")},
+                "updated_at": sa.func.now(),
+                "refunded_at": sa.case((sa.bindparam("refunded", type_=sa.Boolean), sa.func.now())),
+            }
         )
+        .on_conflict_do_nothing(index_elements=[provider_charges.c.idempotency_key])
+        .returning(provider_charges.c.idempotency_key)
+    )
+
+    async def _insert(self, conn: AsyncConnection, record: ChargeRecord) -> bool:
+        params = {
+            "idempotency_key": record.idempotency_key,
+            "charge_id": record.charge_id,
+            "token": record.token,
+            "amount": record.amount,
+            "currency": record.currency,
+            "status": record.status,
+            "decline_code": record.decline_code,
+            "tries": record.tries,
+            "refund_id": record.refund_id,
+            "refunded": record.refund_id is not None,
+        }
+        inserted = await conn.execute(self._INSERT, params)
         return inserted.first() is not None
 
     async def _update(self, where: sa.ColumnElement[bool], decide: Decide) -> ChargeRecord:
