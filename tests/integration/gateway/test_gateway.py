@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from prost.kit.auth import TokenAuthority, TokenRevocations
 from prost.kit.settings import SERVICES, Settings
 from prost.runtime.openapi import public_openapi
 
-from helpers import bearer, register, served
+from helpers import GOOD_CARD, admin_token, bearer, register, served
 
 
 def make_gateway(settings: Settings, urls: dict[str, str]) -> Any:
@@ -158,6 +159,40 @@ async def test_requests_over_the_rate_limit_get_429_with_retry_after(system: Any
         assert r.json()["error"] == "rate_limited"
         assert int(r.headers["retry-after"]) >= 1
         assert (await client.get("/health")).status_code == 200  # probes are never limited
+
+
+async def test_the_rate_limit_is_per_client_address(system: Any) -> None:
+    settings = system.settings.model_copy(update={"rate_limit_per_second": 1.0})
+    async with (
+        served(make_gateway(settings, dict.fromkeys(SERVICES, system.url))) as url,
+        httpx.AsyncClient(base_url=url) as first,
+        httpx.AsyncClient(base_url=url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")) as second,
+    ):
+        assert [(await first.get("/api/v1/categories")).status_code for _ in range(3)] == [200, 200, 429]
+        assert (await second.get("/api/v1/categories")).status_code == 200  # another address, its own bucket
+
+
+async def test_an_idempotency_key_works_through_the_gateway(gateway: httpx.AsyncClient) -> None:
+    admin = bearer(await admin_token(gateway))
+    sku = f"GW-{uuid.uuid4().hex[:8]}"
+    r = await gateway.post(
+        "/api/v1/products", headers=admin, json={"sku": sku, "name": "Mug", "price": "4.00", "stock": 5}
+    )
+    assert r.status_code == 201, r.text
+    _, token = await register(gateway)
+    body = {"items": [{"product_id": r.json()["id"], "quantity": 1}], "payment": GOOD_CARD}
+    key = {**bearer(token), "Idempotency-Key": f"gw-{uuid.uuid4()}"}
+    first = await gateway.post("/api/v1/orders", headers=key, json=body)
+    assert first.status_code == 202, first.text
+    assert "idempotent-replayed" not in first.headers
+    again = await gateway.post("/api/v1/orders", headers=key, json=body)
+    assert (again.status_code, again.json()) == (202, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    other = await gateway.post(
+        "/api/v1/orders", headers=key, json={**body, "items": [{**body["items"][0], "quantity": 2}]}
+    )
+    assert other.status_code == 422
+    assert other.json()["error"] == "idempotency_key_reused"
 
 
 async def test_cors_allows_configured_origins_only(system: Any) -> None:

@@ -9,9 +9,11 @@ import uuid
 from pathlib import Path
 
 import aio_pika
+import httpx
 import pytest
 
 from prost.kit.bus.rabbitmq import RabbitMQBus
+from prost.kit.http import create_service_app
 from prost.kit.messages import Envelope
 
 from helpers import eventually
@@ -181,3 +183,20 @@ async def test_cli_refuses_dlq_without_a_broker() -> None:
     out, _ = await process.communicate()
     assert process.returncode == 2
     assert b"PROST_BROKER_URL is not set" in out
+
+
+async def test_ready_says_whether_the_broker_connection_is_up(broker_url: str) -> None:
+    """`/ready` of a distributed service has a `bus` check: 503 while it is not connected."""
+    bus = RabbitMQBus(broker_url)
+    app = create_service_app("things", ready_checks={"bus": bus.is_ready})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://prost") as client:
+        before = await client.get("/ready")
+        assert (before.status_code, before.json()["checks"]) == (503, {"bus": "down"})
+        await bus.connect()
+        try:
+            up = await client.get("/ready")
+            assert (up.status_code, up.json()["checks"]) == (200, {"bus": "ok"})
+        finally:
+            await bus.close()
+        after = await client.get("/ready")
+        assert (after.status_code, after.json()["error"]) == (503, "unavailable")

@@ -117,7 +117,7 @@ async def test_health_ready_and_metrics_answer(client: httpx.AsyncClient) -> Non
     assert (await client.get("/health")).json() == {"status": "ok"}
     ready = await client.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"] == {"database": "ok", "bus": "ok"}
     await client.post("/api/v1/users/login", json={"email": "x@prost.test", "password": "whatever-1"})
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
