@@ -313,19 +313,13 @@ class PostgresLedger:
         provider_charges.c.refund_id,
     )
 
-    @staticmethod
-    def _values(record: ChargeRecord, current: ChargeRecord | None) -> dict[str, object]:
-        values: dict[str, object] = {
-            "charge_id": record.charge_id,
-            "token": record.token,
-            "amount": record.amount,
-            "currency": record.currency,
-            "status": record.status,
-            "decline_code": record.decline_code,
-            "tries": record.tries,
-            "refund_id": record.refund_id,
-            "updated_at": sa.func.now(),
-        }
+    # What a record changes (all of it but its key), column for field.
+    _CHANGES = ("charge_id", "token", "amount", "currency", "status", "decline_code", "tries", "refund_id")
+
+    @classmethod
+    def _values(cls, record: ChargeRecord, current: ChargeRecord | None) -> dict[str, object]:
+        values: dict[str, object] = {f: getattr(record, f) for f in cls._CHANGES}
+        values["updated_at"] = sa.func.now()
         if record.refund_id is not None and (current is None or current.refund_id is None):
             values["refunded_at"] = sa.func.now()
         return values
@@ -334,8 +328,7 @@ class PostgresLedger:
         pg.insert(provider_charges)
         .values(
             {
-                **{c: sa.bindparam(c) for c in ("idempotency_key", "charge_id", "token", "amount", "currency")},
-                **{c: sa.bindparam(c) for c in ("status", "decline_code", "tries", "refund_id")},
+                **{f: sa.bindparam(f) for f in ("idempotency_key", *_CHANGES)},
                 "updated_at": sa.func.now(),
                 "refunded_at": sa.case((sa.bindparam("refunded", type_=sa.Boolean), sa.func.now())),
             }
@@ -345,18 +338,8 @@ class PostgresLedger:
     )
 
     async def _insert(self, conn: AsyncConnection, record: ChargeRecord) -> bool:
-        params = {
-            "idempotency_key": record.idempotency_key,
-            "charge_id": record.charge_id,
-            "token": record.token,
-            "amount": record.amount,
-            "currency": record.currency,
-            "status": record.status,
-            "decline_code": record.decline_code,
-            "tries": record.tries,
-            "refund_id": record.refund_id,
-            "refunded": record.refund_id is not None,
-        }
+        params = {f: getattr(record, f) for f in ("idempotency_key", *self._CHANGES)}
+        params["refunded"] = record.refund_id is not None
         inserted = await conn.execute(self._INSERT, params)
         return inserted.first() is not None
 
