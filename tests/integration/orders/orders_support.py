@@ -3,14 +3,16 @@ a final status, and counting what the database holds."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from helpers import GOOD_CARD, admin_token, bearer, eventually
+from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, GOOD_CARD, admin_token, bearer, eventually, fresh_database
 
 FINAL = ("confirmed", "rejected", "cancelled")
 
@@ -175,3 +177,19 @@ async def compensations_become(
 
     result: dict[str, Any] = await eventually(check, timeout=timeout)
     return result
+
+
+@contextlib.asynccontextmanager
+async def system_of_its_own(
+    server_url: str, settings_factory: Callable[..., Any], **overrides: Any
+) -> AsyncIterator[Any]:
+    """A whole embedded system with the admin account, on a database of its own, with
+    these settings (a test's own timeouts and latencies)."""
+    from prost.runtime.embedded import System
+
+    async with fresh_database(server_url) as url:
+        settings = settings_factory(
+            database_url=url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD, **overrides
+        )
+        async with System(settings) as running:
+            yield running

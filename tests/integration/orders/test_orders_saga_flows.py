@@ -33,6 +33,7 @@ from orders_support import (
     scalar,
     settled_saga,
     stock_becomes,
+    system_of_its_own,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -47,60 +48,30 @@ from helpers import GOOD_CARD, admin_token, bearer, eventually, register
 
 @pytest.fixture
 async def slow_payments(server_url: str, settings_factory: Callable[..., Settings]) -> AsyncIterator[Any]:
-    from prost.runtime.embedded import System
-
-    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
-
-    async with fresh_database(server_url) as url:
-        settings = settings_factory(
-            database_url=url,
-            admin_email=ADMIN_EMAIL,
-            admin_password=ADMIN_PASSWORD,
-            payment_latency_ms=1000,
-            saga_step_timeout_seconds=30,
-            saga_payment_timeout_seconds=30,
-        )
-        async with System(settings) as running:
-            yield running
+    timeouts = {"saga_step_timeout_seconds": 30, "saga_payment_timeout_seconds": 30}
+    async with system_of_its_own(server_url, settings_factory, payment_latency_ms=1000, **timeouts) as running:
+        yield running
 
 
 @pytest.fixture
 async def hasty(server_url: str, settings_factory: Callable[..., Settings]) -> AsyncIterator[Any]:
-    from prost.runtime.embedded import System
-
-    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
-
-    async with fresh_database(server_url) as url:
-        settings = settings_factory(
-            database_url=url,
-            admin_email=ADMIN_EMAIL,
-            admin_password=ADMIN_PASSWORD,
-            payment_latency_ms=2000,
-            payment_provider_timeout_seconds=5,
-            saga_step_timeout_seconds=1,
-            sweep_interval_seconds=0.1,
-        )
-        async with System(settings) as running:
-            yield running
+    async with system_of_its_own(
+        server_url,
+        settings_factory,
+        payment_latency_ms=2000,
+        payment_provider_timeout_seconds=5,
+        saga_step_timeout_seconds=1,
+        sweep_interval_seconds=0.1,
+    ) as running:
+        yield running
 
 
 @pytest.fixture
 async def patient(server_url: str, settings_factory: Callable[..., Settings]) -> AsyncIterator[Any]:
     """Generous step timeouts: the races must end the same way on a loaded machine."""
-    from prost.runtime.embedded import System
-
-    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
-
-    async with fresh_database(server_url) as url:
-        settings = settings_factory(
-            database_url=url,
-            admin_email=ADMIN_EMAIL,
-            admin_password=ADMIN_PASSWORD,
-            saga_step_timeout_seconds=300,
-            saga_payment_timeout_seconds=300,
-        )
-        async with System(settings) as running:
-            yield running
+    timeouts = {"saga_step_timeout_seconds": 300, "saga_payment_timeout_seconds": 300}
+    async with system_of_its_own(server_url, settings_factory, **timeouts) as running:
+        yield running
 
 
 async def client_of(running: Any) -> httpx.AsyncClient:
@@ -497,26 +468,21 @@ async def test_an_order_paid_with_the_silent_card_does_not_hold_up_other_orders(
     server_url: str, settings_factory: Callable[..., Settings]
 ) -> None:
     """The timeout card's provider never answers; payments waits for it (up to its
-    provider timeout, 1.5 times the payment step's). Meanwhile other customers' orders must go on
-    and reach their final status as usual."""
-    from prost.runtime.embedded import System
-
-    from helpers import ADMIN_EMAIL, ADMIN_PASSWORD, fresh_database
-
-    async with fresh_database(server_url) as url:
-        settings = settings_factory(
-            database_url=url, admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD, saga_step_timeout_seconds=4
-        )
-        async with System(settings) as running, await client_of(running) as client:
-            item = await make_product(client, stock=5)
-            _, stuck = await register(client)
-            _, other = await register(client)
-            silent = await place(client, stuck, (item["id"], 1), card=SILENT)
-            await asyncio.sleep(0.5)  # its payment is now running
-            good = await place(client, other, (item["id"], 1))
-            done = await final(client, other, good["id"], timeout=30)
-            assert (done["status"], done["failure_reason"]) == ("confirmed", None)
-            assert (await final(client, stuck, silent["id"], timeout=30))["failure_reason"] == "timeout"
+    provider timeout, 1.5 times the payment step's). Meanwhile other customers' orders
+    must go on and reach their final status as usual."""
+    async with (
+        system_of_its_own(server_url, settings_factory, saga_step_timeout_seconds=4) as running,
+        await client_of(running) as client,
+    ):
+        item = await make_product(client, stock=5)
+        _, stuck = await register(client)
+        _, other = await register(client)
+        silent = await place(client, stuck, (item["id"], 1), card=SILENT)
+        await asyncio.sleep(0.5)  # its payment is now running
+        good = await place(client, other, (item["id"], 1))
+        done = await final(client, other, good["id"], timeout=30)
+        assert (done["status"], done["failure_reason"]) == ("confirmed", None)
+        assert (await final(client, stuck, silent["id"], timeout=30))["failure_reason"] == "timeout"
 
 
 async def test_a_saga_step_that_waited_for_the_lock_sees_what_the_holder_committed(
