@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from prost.cart import domain
 from prost.cart.domain import CartRecord, CartStatus, CartView, Line, LockStatus, Product, SagaStatus
@@ -188,6 +188,36 @@ async def _undone_on_failure(cat: Catalog, change: _Change) -> AsyncIterator[Non
         raise
 
 
+class _LineChange(NamedTuple):
+    """A change of one line under way: the cart locked, its lines as they were."""
+
+    cat: Catalog
+    change: _Change
+    session: Session
+    cart: CartRecord
+    lines: list[Line]
+    line: Line | None
+
+
+@contextlib.asynccontextmanager
+async def _changing_line(ctx: ServiceContext, user_id: uuid.UUID, product_id: uuid.UUID) -> AsyncIterator[_LineChange]:
+    """The user's cart locked for a change of one line's hold; the catalog's hold is put
+    back if the change fails, under the lock (a failing statement) or after it (a
+    failing commit)."""
+    cat = catalog(ctx)
+    change = _Change(product_id=product_id)
+    async with (
+        _outbound(ctx),
+        _undone_on_failure(cat, change),  # the commit fails
+        _locked_cart(ctx, user_id) as (session, cart),
+        _undone_on_failure(cat, change),  # a statement fails: undone under the lock
+    ):
+        change.cart_id = cart.id
+        lines = await CartRepository.lines(session, cart_id=cart.id)
+        line = next((x for x in lines if x.product_id == product_id), None)
+        yield _LineChange(cat, change, session, cart, lines, line)
+
+
 async def set_line(
     ctx: ServiceContext,
     user_id: uuid.UUID,
@@ -199,18 +229,8 @@ async def set_line(
     """`add` units to the line (POST /cart/items), or set its `quantity` (PUT; 0 removes)."""
     if quantity == 0:
         return await remove_line(ctx, user_id, product_id)
-    cat = catalog(ctx)
     known: dict[uuid.UUID, Product] = {}
-    change = _Change(product_id=product_id)
-    async with (
-        _outbound(ctx),
-        _undone_on_failure(cat, change),  # the commit fails
-        _locked_cart(ctx, user_id) as (session, cart),
-        _undone_on_failure(cat, change),  # a statement fails: undone under the lock
-    ):
-        change.cart_id = cart.id
-        lines = await CartRepository.lines(session, cart_id=cart.id)
-        line = next((x for x in lines if x.product_id == product_id), None)
+    async with _changing_line(ctx, user_id, product_id) as (cat, change, session, cart, lines, line):
         if add is not None:
             wanted = domain.quantity_after_adding(line.quantity if line else 0, add)
         else:
@@ -239,17 +259,7 @@ async def set_line(
 
 async def remove_line(ctx: ServiceContext, user_id: uuid.UUID, product_id: uuid.UUID) -> CartView:
     """Release the line's hold and drop the line; removing an absent line is a no-op."""
-    cat = catalog(ctx)
-    change = _Change(product_id=product_id)
-    async with (
-        _outbound(ctx),
-        _undone_on_failure(cat, change),  # the commit fails
-        _locked_cart(ctx, user_id) as (session, cart),
-        _undone_on_failure(cat, change),  # a statement fails: undone under the lock
-    ):
-        change.cart_id = cart.id
-        lines = await CartRepository.lines(session, cart_id=cart.id)
-        line = next((x for x in lines if x.product_id == product_id), None)
+    async with _changing_line(ctx, user_id, product_id) as (cat, change, session, cart, lines, line):
         if line is not None:
             change.previous = line.lock_quantity if domain.is_held(line, _now()) else 0
             await _extend_others(cat, session, cart, lines, product_id)
