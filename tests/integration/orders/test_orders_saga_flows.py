@@ -338,6 +338,34 @@ async def test_cancelling_while_payment_runs_releases_stock_and_refunds_the_late
         assert (await client.post(f"/api/v1/orders/{order['id']}/cancel", headers=bearer(token))).status_code == 409
 
 
+async def test_a_reservation_that_runs_out_under_a_slow_payment_cancels_the_order_and_refunds_it(
+    server_url: str, settings_factory: Callable[..., Settings]
+) -> None:
+    """The reservation lives 1 s past the payment's start; the provider takes 4 s. The
+    sweeper expires the reservation first: the order ends `reservation_expired`, and the
+    charge that lands afterwards is refunded."""
+    settings = {
+        "reservation_ttl_seconds": 1,
+        "payment_latency_ms": 4000,
+        "saga_step_timeout_seconds": 30,
+        "saga_payment_timeout_seconds": 30,
+        "sweep_interval_seconds": 0.2,
+    }
+    async with (
+        system_of_its_own(server_url, settings_factory, **settings) as running,
+        await client_of(running) as client,
+    ):
+        item = await make_product(client, stock=3)
+        _, token = await register(client)
+        order = await place(client, token, (item["id"], 2))
+        done = await final(client, token, order["id"])
+        assert (done["status"], done["failure_reason"]) == ("cancelled", "reservation_expired")
+        both = {"release_stock": "acknowledged", "refund_payment": "acknowledged"}
+        await compensations_become(client, token, order["id"], both)
+        assert (await final(client, token, order["id"]))["failure_reason"] == "reservation_expired"
+        await stock_becomes(client, item["id"], stock=3, available=3)
+
+
 async def test_an_admin_cancels_someone_s_open_order(slow_payments: Any) -> None:
     async with await client_of(slow_payments) as client:
         item = await make_product(client, stock=2)
