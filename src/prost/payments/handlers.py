@@ -251,7 +251,8 @@ async def _resume_or_answer(
         if problem is not None:
             await _refuse_request(session, request, problem, envelope)
             return None
-        payment, created = await repository.add_or_get(session, new_payment)
+        # The first request's insert (`charge_requested_payment`) found the payment there.
+        payment = await repository.existing(session, new_payment)
         if payment.is_settled:
             # Another request for an order already charged (or refused): the same answer
             # again, unless this very event was settled meanwhile by a concurrent copy.
@@ -267,9 +268,8 @@ async def _resume_or_answer(
                 extra=_extra(),
             )
             return None
-        if not created:
-            # Redelivered after a crash (or a duplicate in flight): this call counts too.
-            await repository.begin_attempt(session, payment_id=payment.id)
+        # Redelivered after a crash (or a duplicate in flight): this call counts too.
+        await repository.begin_attempt(session, payment_id=payment.id)
     return payment
 
 

@@ -93,15 +93,14 @@ async def add(session: Session, new: NewPayment) -> domain.Payment | None:
     return _payment(inserted) if inserted is not None else None
 
 
-async def add_or_get(session: Session, new: NewPayment) -> tuple[domain.Payment, bool]:
-    """The order's payment, created as `add` does if it has none; returns (payment,
-    created). Locks the row for the caller's transaction."""
-    if (created := await add(session, new)) is not None:
-        return created, True
-    existing = await get_by_order(session, order_id=new.order_id, for_update=True)
-    if existing is None:
+async def existing(session: Session, new: NewPayment) -> domain.Payment:
+    """The payment `add` found already there, locked for the caller's transaction
+    (payments are never deleted); `KeyConflict` when what was there is another order's
+    payment with the same idempotency key."""
+    found = await get_by_order(session, order_id=new.order_id, for_update=True)
+    if found is None:
         raise KeyConflict(f"idempotency key {new.idempotency_key!r} belongs to another order's payment")
-    return existing, False
+    return found
 
 
 async def get(session: Session, *, payment_id: uuid.UUID) -> domain.Payment | None:
