@@ -338,6 +338,18 @@ async def test_cancelling_while_payment_runs_releases_stock_and_refunds_the_late
         assert (await client.post(f"/api/v1/orders/{order['id']}/cancel", headers=bearer(token))).status_code == 409
 
 
+async def cancelled_then_refunded(client: httpx.AsyncClient, token: str, order_id: str, reason: str) -> None:
+    """The order ends `cancelled` for `reason`, both compensations run (its stock is
+    released, the charge that landed afterwards refunded), and it stays so."""
+    done = await final(client, token, order_id)
+    assert (done["status"], done["failure_reason"]) == ("cancelled", reason)
+    await compensations_become(
+        client, token, order_id, {"release_stock": "acknowledged", "refund_payment": "acknowledged"}
+    )
+    again = await final(client, token, order_id)
+    assert (again["status"], again["failure_reason"]) == ("cancelled", reason)
+
+
 async def test_a_reservation_that_runs_out_under_a_slow_payment_cancels_the_order_and_refunds_it(
     server_url: str, settings_factory: Callable[..., Settings]
 ) -> None:
@@ -358,11 +370,7 @@ async def test_a_reservation_that_runs_out_under_a_slow_payment_cancels_the_orde
         item = await make_product(client, stock=3)
         _, token = await register(client)
         order = await place(client, token, (item["id"], 2))
-        done = await final(client, token, order["id"])
-        assert (done["status"], done["failure_reason"]) == ("cancelled", "reservation_expired")
-        both = {"release_stock": "acknowledged", "refund_payment": "acknowledged"}
-        await compensations_become(client, token, order["id"], both)
-        assert (await final(client, token, order["id"]))["failure_reason"] == "reservation_expired"
+        await cancelled_then_refunded(client, token, order["id"], "reservation_expired")
         await stock_becomes(client, item["id"], stock=3, available=3)
 
 
@@ -384,11 +392,7 @@ async def test_a_payment_that_lands_after_a_timeout_is_refunded_and_the_order_st
         item = await make_product(client, stock=3)
         _, token = await register(client)
         order = await place(client, token, (item["id"], 1))
-        done = await final(client, token, order["id"])
-        assert (done["status"], done["failure_reason"]) == ("cancelled", "timeout")
-        both = {"release_stock": "acknowledged", "refund_payment": "acknowledged"}
-        await compensations_become(client, token, order["id"], both)
-        assert (await final(client, token, order["id"]))["status"] == "cancelled"
+        await cancelled_then_refunded(client, token, order["id"], "timeout")
         await stock_becomes(client, item["id"], stock=3, available=3)
         engine = create_engine(hasty.database_url, pool_size=1)
         try:
