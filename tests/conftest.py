@@ -3,7 +3,7 @@
 The session's `system` runs on the run's database with all its background work (relays,
 the catalog's sweeper, the payments resumer, the orders reconciler). A module that runs a
 service's handlers or loops itself, on that service's schema, takes a database of its own
-with `engine = own_database()` (helpers.py), so the system never takes a test's rows.
+with `engine = engine_of_its_own()` (helpers.py), so the system never takes a test's rows.
 
 - PROST_TEST_DATABASE_URL: a PostgreSQL server to use (a throwaway database is created
   on it and dropped at the end); without it, the embedded PostgreSQL is started.
@@ -90,12 +90,18 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="module")
-async def own_engine(server_url: str) -> AsyncIterator[AsyncEngine]:
-    """A migrated database of the requesting module's own (see `helpers.own_database`)."""
+async def own_database(server_url: str) -> AsyncIterator[str]:
+    """A migrated database of the requesting module's own: no running system's loops,
+    sweepers or relays touch its rows (see `helpers.engine_of_its_own`)."""
     async with fresh_database(server_url) as url:
-        eng = create_engine(url)
-        yield eng
-        await eng.dispose()
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def own_engine(own_database: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(own_database)
+    yield eng
+    await eng.dispose()
 
 
 def _broker_reachable(url: str) -> bool:

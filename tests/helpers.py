@@ -86,8 +86,8 @@ class served:
         self._sock.close()
 
 
-def own_database() -> Any:
-    """`engine = own_database()` in a test module: its tests' `engine` (and every fixture
+def engine_of_its_own() -> Any:
+    """`engine = engine_of_its_own()` in a test module: its tests' `engine` (and every fixture
     that takes one) is a database of the module's own, which the session's running system
     does not touch (conftest.py: `own_engine`)."""
 

@@ -11,11 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 
-from prost.kit import migrations
 from prost.kit.clients import ServiceClients
-from prost.kit.db import create_engine
 
 from helpers import admin_token, bearer, register
 
@@ -95,21 +92,3 @@ async def peer_unreachable(system: Any, service: str, peer: str) -> AsyncIterato
     finally:
         broken, ctx.clients = ctx.clients, original
         await broken.close()
-
-
-@contextlib.asynccontextmanager
-async def database_of_its_own(server_url: str) -> AsyncIterator[str]:
-    """A fresh, migrated database on the test server, dropped afterwards."""
-    name = f"prost_test_cart_{uuid.uuid4().hex[:10]}"
-    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    await migrations.ensure_database(url)
-    try:
-        await migrations.upgrade(url)
-        yield url
-    finally:
-        admin_url = sa.make_url(server_url).set(database="postgres").render_as_string(hide_password=False)
-        engine = create_engine(admin_url, pool_size=1)
-        async with engine.connect() as conn:
-            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await auto.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await engine.dispose()

@@ -24,10 +24,6 @@ from prost.kit.inbox import Inbox
 from prost.kit.messages import Envelope, Event
 from prost.runtime.host import handler_for
 
-from helpers import own_database
-
-engine = own_database()  # the cart's hold loop of the session's system works on the run's database
-
 CONTEXT: Any = SimpleNamespace(name="cart")  # the cart's handlers use nothing else from it
 
 

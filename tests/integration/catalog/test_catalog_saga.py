@@ -22,9 +22,9 @@ from prost.kit.messages import Envelope, Event
 from prost.kit.service import Raw
 from prost.kit.settings import Settings
 
-from helpers import own_database
+from helpers import engine_of_its_own
 
-engine = own_database()  # the catalog's sweeper of the session's system works on the run's database
+engine = engine_of_its_own()  # the catalog's sweeper of the session's system works on the run's database
 
 CTX: Any = SimpleNamespace(name="catalog", settings=Settings(reservation_ttl_seconds=120, cart_hold_ttl_seconds=600))
 

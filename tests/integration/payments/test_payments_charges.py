@@ -38,9 +38,9 @@ from prost.payments import handlers
 from prost.payments.provider import SimulatedProvider
 from prost.payments.tables import payments
 
-from helpers import eventually, own_database
+from helpers import engine_of_its_own, eventually
 
-engine = own_database()  # the payments resumer of the session's system works on the run's database
+engine = engine_of_its_own()  # the payments resumer of the session's system works on the run's database
 
 
 @pytest.mark.parametrize(

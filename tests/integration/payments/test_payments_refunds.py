@@ -29,9 +29,9 @@ from prost.kit.service import ServiceContext
 from prost.payments import handlers
 from prost.payments.provider import SimulatedProvider
 
-from helpers import own_database
+from helpers import engine_of_its_own
 
-engine = own_database()  # the payments resumer of the session's system works on the run's database
+engine = engine_of_its_own()  # the payments resumer of the session's system works on the run's database
 
 
 async def charged(ctx: ServiceContext, provider: SimulatedProvider, number: str = GOOD) -> uuid.UUID:
