@@ -24,6 +24,10 @@ from prost.kit.inbox import Inbox
 from prost.kit.messages import Envelope, Event
 from prost.runtime.host import handler_for
 
+from helpers import engine_of_its_own
+
+engine = engine_of_its_own()  # the cart's hold loop of the session's system works on the run's database
+
 CONTEXT: Any = SimpleNamespace(name="cart")  # the cart's handlers use nothing else from it
 
 
@@ -151,9 +155,8 @@ async def checked_out(engine: AsyncEngine) -> Checkout:
 
 
 async def test_a_confirmed_order_leaves_the_user_one_fresh_cart_however_often_it_is_told(
-    own_engine: AsyncEngine,
+    engine: AsyncEngine,
 ) -> None:
-    engine = own_engine
     c = await checked_out(engine)
     for _ in range(3):
         await c.deliver(c.confirmed())
@@ -163,8 +166,7 @@ async def test_a_confirmed_order_leaves_the_user_one_fresh_cart_however_often_it
     assert await c.saga() == ("confirmed", None)
 
 
-async def test_a_cancellation_after_the_confirmation_changes_nothing(own_engine: AsyncEngine) -> None:
-    engine = own_engine
+async def test_a_cancellation_after_the_confirmation_changes_nothing(engine: AsyncEngine) -> None:
     c = await checked_out(engine)
     await c.deliver(c.confirmed())
     await c.deliver(c.cancelled())
@@ -172,8 +174,7 @@ async def test_a_cancellation_after_the_confirmation_changes_nothing(own_engine:
     assert await c.saga() == ("confirmed", None)
 
 
-async def test_a_cancelled_order_reopens_the_cart_once_and_asks_for_its_holds_again(own_engine: AsyncEngine) -> None:
-    engine = own_engine
+async def test_a_cancelled_order_reopens_the_cart_once_and_asks_for_its_holds_again(engine: AsyncEngine) -> None:
     c = await checked_out(engine)
     await c.deliver(c.cancelled())
     assert await c.carts() == [(c.cart_id, "open")]
@@ -191,16 +192,14 @@ async def test_a_cancelled_order_reopens_the_cart_once_and_asks_for_its_holds_ag
     assert await c.lock() == "pending"
 
 
-async def test_a_rejected_order_reopens_the_cart_with_its_reason(own_engine: AsyncEngine) -> None:
-    engine = own_engine
+async def test_a_rejected_order_reopens_the_cart_with_its_reason(engine: AsyncEngine) -> None:
     c = await checked_out(engine)
     await c.deliver(c.cancelled(status="rejected", reason="out_of_stock"))
     assert await c.carts() == [(c.cart_id, "open")]
     assert await c.saga() == ("cancelled", "out_of_stock")
 
 
-async def test_released_order_stock_before_the_cancellation_changes_nothing_yet(own_engine: AsyncEngine) -> None:
-    engine = own_engine
+async def test_released_order_stock_before_the_cancellation_changes_nothing_yet(engine: AsyncEngine) -> None:
     c = await checked_out(engine)
     await c.deliver(c.order_released())
     assert await c.carts() == [(c.cart_id, "checked_out")]
@@ -208,9 +207,8 @@ async def test_released_order_stock_before_the_cancellation_changes_nothing_yet(
 
 
 async def test_an_order_placed_for_a_checkout_whose_answer_was_lost_checks_the_cart_out(
-    own_engine: AsyncEngine,
+    engine: AsyncEngine,
 ) -> None:
-    engine = own_engine
     c = Checkout(engine)
     await c.open_cart()
     await c.start(placed=False)
@@ -222,8 +220,7 @@ async def test_an_order_placed_for_a_checkout_whose_answer_was_lost_checks_the_c
     assert await c.lock() == "converted"
 
 
-async def test_events_about_orders_without_this_cart_are_ignored(own_engine: AsyncEngine) -> None:
-    engine = own_engine
+async def test_events_about_orders_without_this_cart_are_ignored(engine: AsyncEngine) -> None:
     c = await checked_out(engine)
     await c.deliver(c.confirmed(cart_id=None))
     await c.deliver(c.confirmed(cart_id=uuid.uuid4()))
@@ -234,10 +231,9 @@ async def test_events_about_orders_without_this_cart_are_ignored(own_engine: Asy
     assert await c.saga() == ("placed", None)
 
 
-async def test_events_of_orders_made_without_a_cart_take_no_transaction(own_engine: AsyncEngine) -> None:
+async def test_events_of_orders_made_without_a_cart_take_no_transaction(engine: AsyncEngine) -> None:
     """Most orders of the orders API come with no cart: the cart has nothing to do, and
     keeps no inbox record of doing it."""
-    engine = own_engine
     c = await checked_out(engine)
     recorded = await inbox_records(engine)
     await c.deliver(c.placed(cart_id=None))
@@ -255,24 +251,21 @@ async def inbox_records(engine: AsyncEngine) -> int:
     return int(count or 0)
 
 
-async def test_an_expired_hold_marks_the_line_lapsed(own_engine: AsyncEngine) -> None:
-    engine = own_engine
+async def test_an_expired_hold_marks_the_line_lapsed(engine: AsyncEngine) -> None:
     c = Checkout(engine)
     await c.open_cart(expires_in=-1)
     await c.deliver(c.hold_expired())
     assert await c.lock() == "expired"
 
 
-async def test_a_stale_expiry_does_not_touch_a_newer_hold(own_engine: AsyncEngine) -> None:
-    engine = own_engine
+async def test_a_stale_expiry_does_not_touch_a_newer_hold(engine: AsyncEngine) -> None:
     c = Checkout(engine)
     await c.open_cart(expires_in=600)  # placed again after the old one lapsed
     await c.deliver(c.hold_expired())
     assert await c.lock() == "active"
 
 
-async def test_a_hold_released_by_the_catalog_before_it_was_placed_again_is_kept(own_engine: AsyncEngine) -> None:
-    engine = own_engine
+async def test_a_hold_released_by_the_catalog_before_it_was_placed_again_is_kept(engine: AsyncEngine) -> None:
     c = Checkout(engine)
     await c.open_cart()
     released = StockReleased(kind="cart_hold", owner_id=c.cart_id, reason="released", lines=c._lines())
