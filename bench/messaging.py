@@ -42,11 +42,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from prost.kit import inbox, outbox
+from prost.kit import db, inbox, outbox
 from prost.kit.bus.base import MessageBus
 from prost.kit.bus.memory import MemoryBus
 from prost.kit.bus.rabbitmq import RabbitMQBus
-from prost.kit.db import Session, create_engine, schema_metadata
+from prost.kit.db import Session, Sql, create_engine, schema_metadata
 from prost.kit.messages import Envelope
 from prost.kit.migrations import ensure_database
 from prost.runtime.loop import run  # uvloop, as the servers run
@@ -59,8 +59,8 @@ effects = sa.Table(
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("event_id", pg.UUID(as_uuid=True), nullable=False),
 )
-# A handler's statement is built once, as the services' hot statements are.
-RECORD_EFFECT = sa.insert(effects).values(event_id=sa.bindparam("event_id"))
+# A handler's statement is `Sql` built once, as the services' hot statements are.
+RECORD_EFFECT = Sql(f"INSERT INTO {SCHEMA}.effects (event_id) VALUES (:event_id)")
 
 
 def sample_envelope(n: int = 0) -> Envelope:
@@ -146,7 +146,7 @@ class Producer:
 
     async def _write_one(self, n: int, committed: Committed) -> None:
         envelope = sample_envelope(n)
-        async with self.engine.begin() as session:
+        async with db.transaction(self.engine) as session:
             await outbox.add_to_outbox(session, envelope)
         committed[envelope.event_id] = time.perf_counter()
 
@@ -189,7 +189,7 @@ class Consumer:
 
     async def start(self) -> None:
         async def effect(envelope: Envelope, session: Session) -> None:
-            await session.execute(RECORD_EFFECT, {"event_id": envelope.event_id})
+            await session.run(RECORD_EFFECT, event_id=envelope.event_id)
 
         handle = inbox.idempotent(self.engine, self.service, effect, schema=SCHEMA)
 

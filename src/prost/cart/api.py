@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from prost.cart import operations
 from prost.cart.domain import MAX_QUANTITY, MIN_QUANTITY, CartView
-from prost.kit import idempotency
+from prost.kit import db, idempotency
 from prost.kit.auth import CurrentUser
 from prost.kit.cards import PaymentCardIn
 from prost.kit.errors import JSONBody
@@ -143,7 +143,7 @@ async def checkout(
             key=key,
             fingerprint=idempotency.fingerprint(body.model_dump(mode="json"), secret=ctx.auth.secret),
         )
-        async with ctx.engine.connect() as conn:
+        async with db.autocommit(ctx.engine) as conn:
             if (hit := await STORE.replay(conn, request)) is not None:
                 return hit.response()
     outcome = await operations.checkout(ctx, user.id, body.payment.model_dump(), remember=request, store=STORE)

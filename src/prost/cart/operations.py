@@ -37,7 +37,7 @@ from prost.cart.remote import Catalog, Orders
 from prost.cart.repository import CartRepository, SagaRepository
 from prost.contracts.cart import CartCheckedOut
 from prost.contracts.catalog import StockLine
-from prost.kit import errors, outbox
+from prost.kit import db, errors, outbox
 from prost.kit.db import Session
 from prost.kit.idempotency import IdempotencyStore, IdempotentRequest
 from prost.kit.messages import Envelope
@@ -122,7 +122,7 @@ async def _render(
 
 
 async def view_cart(ctx: ServiceContext, user_id: uuid.UUID) -> CartView:
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         cart = await _current_cart(session, user_id)
         lines = await CartRepository.lines(session, cart_id=cart.id)
     return await _render(ctx, cart, lines, strict=True)
@@ -144,7 +144,7 @@ class _Change:
 @contextlib.asynccontextmanager
 async def _locked_cart(ctx: ServiceContext, user_id: uuid.UUID) -> AsyncIterator[tuple[Session, CartRecord]]:
     """A transaction holding the user's open cart locked (it must be editable)."""
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         cart = await _current_cart(session, user_id, lock=True)
         domain.check_editable(cart)
         yield session, cart
@@ -361,7 +361,7 @@ class _Keys:
 
 
 async def _begin_checkout(ctx: ServiceContext, user_id: uuid.UUID, keys: _Keys) -> uuid.UUID | CheckoutOutcome:
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         cart = await _current_cart(session, user_id, lock=True)
         saga = await SagaRepository.live(session, cart_id=cart.id)
         if cart.status == CartStatus.CHECKED_OUT and saga is not None:
@@ -389,7 +389,7 @@ async def _complete_checkout(
     cat = catalog(ctx)
     failure: BaseException | None = None
     result: CheckoutOutcome | None = None
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         cart = await CartRepository.get_current(session, user_id=user_id, lock=True)
         if cart is None:  # pragma: no cover
             return None
@@ -475,7 +475,7 @@ async def hold_pending_lines(ctx: ServiceContext) -> bool:
     request on that cart simply waits for this one transaction; a catalog that is
     unreachable leaves the lines `pending` for the next round."""
     cat = catalog(ctx)
-    async with _outbound(ctx), ctx.engine.begin() as session:
+    async with _outbound(ctx), db.transaction(ctx.engine) as session:
         claimed = await CartRepository.claim_carts_waiting_for_holds(session, limit=1)
         if not claimed:
             return False

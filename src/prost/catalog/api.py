@@ -48,9 +48,9 @@ from prost.catalog.repository import (
     run_in_transaction,
 )
 from prost.contracts.catalog import ProductCreated, ProductUpdated
-from prost.kit import outbox
+from prost.kit import db, outbox
 from prost.kit.auth import AdminUser, Principal, ServiceCaller
-from prost.kit.db import Session, autocommit
+from prost.kit.db import Session
 from prost.kit.errors import DomainError, Forbidden, ValidationFailed
 from prost.kit.messages import Envelope
 from prost.kit.service import ServiceContext, context_dependency
@@ -208,7 +208,7 @@ def optional_admin(request: Request) -> bool:
 
 @router.get("/categories", summary="List categories (by name)")
 async def list_categories(ctx: Ctx) -> list[CategoryPublic]:
-    async with ctx.engine.connect() as session:
+    async with db.autocommit(ctx.engine) as session:
         return [category_public(r) for r in await CategoryRepository(session).list()]
 
 
@@ -255,14 +255,14 @@ async def list_products(
         page=page,
         page_size=page_size,
     )
-    async with ctx.engine.connect() as session:
+    async with db.autocommit(ctx.engine) as session:
         rows, total = await ProductRepository(session).list(query)
     return ProductList(items=[product_public(r) for r in rows], total=total, page=page, page_size=page_size)
 
 
 @router.get("/products/{product_id}", summary="One product")
 async def get_product(product_id: uuid.UUID, ctx: Ctx, request: Request) -> ProductPublic:
-    async with ctx.engine.connect() as session:
+    async with db.autocommit(ctx.engine) as session:
         row = await ProductRepository(session).get(product_id)
     if not row.active and not optional_admin(request):
         raise domain.ProductNotFound()
@@ -398,7 +398,7 @@ class HoldExtendedList(BaseModel):
 @internal_router.post("/quote")
 async def quote(body: QuoteRequest, ctx: Ctx, _caller: ServiceCaller) -> Quote:
     """Current price and availability of some products (unknown ids are left out)."""
-    async with autocommit(ctx.engine) as session:
+    async with db.autocommit(ctx.engine) as session:
         rows = await ProductRepository(session).get_many(list(dict.fromkeys(body.product_ids)))
     by_id = {r.id: r for r in rows}
     return Quote(
@@ -461,7 +461,7 @@ async def extend_holds(
 
 @internal_router.get("/holds/{cart_id}")
 async def list_holds(cart_id: uuid.UUID, ctx: Ctx, _caller: CartService) -> HoldList:
-    async with ctx.engine.connect() as session:
+    async with db.autocommit(ctx.engine) as session:
         holds = await inventory.list_holds(session, cart_id=cart_id)
     return HoldList(
         holds=[

@@ -43,7 +43,7 @@ from prost.catalog.repository import PRODUCT_COLUMNS, SELECT_PRODUCT, ProductRow
 from prost.catalog.tables import inventory_reservations, order_stock, products
 from prost.contracts.catalog import StockLine, StockReleased
 from prost.kit import outbox
-from prost.kit.db import Session
+from prost.kit.db import Session, Sql
 from prost.kit.messages import Envelope
 
 log = logging.getLogger("prost.catalog.inventory")
@@ -64,17 +64,16 @@ def _from_now(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
 # -- locks and counters ------------------------------------------------------------
 
 
-_UUIDS = pg.ARRAY(pg.UUID(as_uuid=True))
-_STOCK_STATE = sa.select(_P.c.id, _P.c.stock, _P.c.reserved, _P.c.active)
-_OWNED_PRODUCTS = sa.select(_R.c.product_id).where(
-    _R.c.kind == sa.bindparam("kind"), _R.c.owner_id == sa.bindparam("owner_id"), _R.c.status == "active"
+# Hot statements are `Sql`, built once with bound parameters (docs/design.md,
+# "Statements built once"). Locks are taken in id order.
+_STOCK_STATE = "SELECT id, stock, reserved, active FROM catalog.products WHERE "
+_NAMED = "id = ANY(CAST(:ids AS uuid[]))"
+_OWNED = (
+    "id IN (SELECT product_id FROM catalog.inventory_reservations"
+    " WHERE kind = :kind AND owner_id = :owner_id AND status = 'active')"
 )
-_NAMED = _P.c.id == sa.func.any(sa.bindparam("ids", type_=_UUIDS))
-# Hot statements are built once, with bound parameters (docs/design.md, "Statements
-# built once"). Locks are taken in id order (LockRows above the sort).
 _LOCK_NAMED, _LOCK_OWNED, _LOCK_NAMED_OR_OWNED = (
-    _STOCK_STATE.where(where).order_by(_P.c.id).with_for_update()
-    for where in (_NAMED, _P.c.id.in_(_OWNED_PRODUCTS), sa.or_(_NAMED, _P.c.id.in_(_OWNED_PRODUCTS)))
+    Sql(_STOCK_STATE + where + " ORDER BY id FOR UPDATE") for where in (_NAMED, _OWNED, f"{_NAMED} OR {_OWNED}")
 )
 
 
@@ -89,77 +88,63 @@ async def lock_products(
     if reserved_by is None:
         if not ids:
             return {}
-        rows = (await session.execute(_LOCK_NAMED, {"ids": ids})).all()
+        rows = await session.fetch(_LOCK_NAMED, ids=ids)
     else:
         kind, owner_id = reserved_by
-        statement = _LOCK_NAMED_OR_OWNED if ids else _LOCK_OWNED
-        rows = (await session.execute(statement, {"ids": ids, "kind": kind, "owner_id": owner_id})).all()
-    return {r.id: StockState(r.id, r.stock, r.reserved, r.active) for r in rows}
+        if ids:
+            rows = await session.fetch(_LOCK_NAMED_OR_OWNED, ids=ids, kind=kind, owner_id=owner_id)
+        else:
+            rows = await session.fetch(_LOCK_OWNED, kind=kind, owner_id=owner_id)
+    return {r["id"]: StockState(r["id"], r["stock"], r["reserved"], r["active"]) for r in rows}
 
 
-def _rows_of_arrays(name: str, **columns: sa.types.TypeEngine[Any]) -> sa.Subquery:
-    """A derived table of parallel arrays, bound when executed as `<name>_<column>`
-    (`unnest` zips them): a statement over it is compiled once, whatever the rows."""
-    return sa.select(
-        *(sa.func.unnest(sa.bindparam(f"{name}_{col}", type_=pg.ARRAY(t))).label(col) for col, t in columns.items())
-    ).subquery(name)
+# `reserved += delta` for parallel arrays of product ids and deltas (the CTE of the
+# writes below, and a statement of its own).
+_ADD_RESERVED_CTE = (
+    "UPDATE catalog.products p SET reserved = p.reserved + d.delta"
+    " FROM unnest(CAST(:d_id AS uuid[]), CAST(:d_delta AS int[])) AS d(id, delta) WHERE p.id = d.id"
+)
+_ADD_RESERVED = Sql(_ADD_RESERVED_CTE)
 
-
-_deltas = _rows_of_arrays("d", id=pg.UUID(as_uuid=True), delta=sa.Integer())
-_ADD_RESERVED = sa.update(_P).where(_P.c.id == _deltas.c.id).values(reserved=_P.c.reserved + _deltas.c.delta)
-
-
-def _end_reservations(ids_param: str, status: str, end_reason: str) -> sa.CTE:
-    """A CTE ending the reservations whose ids are bound as `ids_param`."""
-    return (
-        sa.update(_R)
-        .where(_R.c.id == sa.func.any(sa.bindparam(ids_param, type_=pg.ARRAY(pg.UUID(as_uuid=True)))))
-        .values(status=status, end_reason=end_reason, updated_at=sa.func.now())
-        .returning(_R.c.id)
-        .cte(f"{end_reason}_reservations")
-    )
-
-
-_new_lines = _rows_of_arrays("n", id=pg.UUID(as_uuid=True), product_id=pg.UUID(as_uuid=True), quantity=sa.Integer())
-_RESERVE_ORDER = (
+_RESERVE_ORDER = Sql(
     # A reservation's writes in one round trip: the counters go up by what the cart's
     # holds did not cover, the holds it takes over end (`converted`), and the order's
     # rows are inserted, returning their expiry. Arrays may be empty.
-    sa.insert(_R)
-    .from_select(
-        ["id", "kind", "owner_id", "product_id", "quantity", "expires_at"],
-        sa.select(
-            _new_lines.c.id,
-            sa.literal("order"),
-            sa.bindparam("n_owner_id", type_=pg.UUID(as_uuid=True)),
-            _new_lines.c.product_id,
-            _new_lines.c.quantity,
-            _from_now(sa.bindparam("n_ttl", type_=sa.Float)),
-        ),
+    f"""
+    WITH counted AS ({_ADD_RESERVED_CTE} RETURNING p.id),
+    converted AS (
+        UPDATE catalog.inventory_reservations SET status = 'released', end_reason = 'converted', updated_at = now()
+         WHERE id = ANY(CAST(:h_ids AS uuid[])) RETURNING id
     )
-    .returning(_R.c.expires_at)
-    .add_cte(
-        _ADD_RESERVED.returning(_P.c.id).cte("counted"),
-        _end_reservations("h_ids", "released", "converted"),
-    )
+    INSERT INTO catalog.inventory_reservations (id, kind, owner_id, product_id, quantity, expires_at)
+    SELECT n.id, 'order', CAST(:owner_id AS uuid), n.product_id, n.quantity,
+           now() + make_interval(0, 0, 0, 0, 0, 0, CAST(:ttl AS float8))
+      FROM unnest(CAST(:n_id AS uuid[]), CAST(:n_product_id AS uuid[]), CAST(:n_quantity AS int[]))
+           AS n(id, product_id, quantity)
+    RETURNING expires_at
+    """
 )
 
-_sales = _rows_of_arrays("s", id=pg.UUID(as_uuid=True), sold=sa.Integer(), unreserved=sa.Integer())
-_COMMIT_ORDER = sa.select(sa.literal(1)).add_cte(
+_COMMIT_ORDER = Sql(
     # Three writes of a commit in one round trip (data-modifying CTEs all run, on
     # different tables here): the reservations end, the units leave the shelf, the
     # order is marked. Arrays may be empty.
-    _end_reservations("r_ids", "committed", "committed"),
-    sa.update(_P)
-    .where(_P.c.id == _sales.c.id)
-    .values(stock=_P.c.stock - _sales.c.sold, reserved=_P.c.reserved - _sales.c.unreserved, updated_at=sa.func.now())
-    .returning(_P.c.id)
-    .cte("sold_products"),
-    sa.update(_O)
-    .where(_O.c.order_id == sa.bindparam("o_order_id"))
-    .values(state="committed", updated_at=sa.func.now())
-    .returning(_O.c.order_id)
-    .cte("committed_order"),
+    """
+    WITH committed AS (
+        UPDATE catalog.inventory_reservations SET status = 'committed', end_reason = 'committed', updated_at = now()
+         WHERE id = ANY(CAST(:r_ids AS uuid[])) RETURNING id
+    ), sold AS (
+        UPDATE catalog.products p
+           SET stock = p.stock - s.sold, reserved = p.reserved - s.unreserved, updated_at = now()
+          FROM unnest(CAST(:s_id AS uuid[]), CAST(:s_sold AS int[]), CAST(:s_unreserved AS int[]))
+               AS s(id, sold, unreserved)
+         WHERE p.id = s.id RETURNING p.id
+    ), marked AS (
+        UPDATE catalog.order_stock SET state = 'committed', updated_at = now() WHERE order_id = :order_id
+        RETURNING order_id
+    )
+    SELECT 1
+    """
 )
 
 
@@ -167,7 +152,7 @@ async def _add_reserved(session: Session, deltas: Mapping[uuid.UUID, int]) -> No
     """`reserved += delta` per product (the rows are already locked)."""
     changes = [(pid, d) for pid, d in sorted(deltas.items()) if d]
     if changes:
-        await session.execute(_ADD_RESERVED, {"d_id": [c[0] for c in changes], "d_delta": [c[1] for c in changes]})
+        await session.run(_ADD_RESERVED, d_id=[c[0] for c in changes], d_delta=[c[1] for c in changes])
 
 
 def _by_product(rows: Iterable[Any]) -> dict[uuid.UUID, int]:
@@ -421,24 +406,20 @@ async def release_hold(session: Session, *, cart_id: uuid.UUID, product_id: uuid
     return True
 
 
-_EXTEND = (
-    sa.update(_R)
-    .where(
-        _R.c.kind == sa.bindparam("r_kind"),
-        _R.c.owner_id == sa.bindparam("r_owner_id"),
-        _R.c.status == "active",
-        # An expired reservation is over, even before the sweeper marks it.
-        _R.c.expires_at > sa.func.now(),
-    )
-    .values(expires_at=_from_now(sa.bindparam("ttl", type_=sa.Float)), updated_at=sa.func.now())
-    .returning(_R.c.product_id, _R.c.quantity, _R.c.expires_at)
+_EXTEND = Sql(
+    "UPDATE catalog.inventory_reservations"
+    " SET expires_at = now() + make_interval(0, 0, 0, 0, 0, 0, CAST(:ttl AS float8)), updated_at = now()"
+    # An expired reservation is over, even before the sweeper marks it.
+    " WHERE kind = :kind AND owner_id = :owner_id AND status = 'active' AND expires_at > now()"
+    " RETURNING product_id, quantity, expires_at"
 )
 
 
 async def _extend(session: Session, *, kind: str, owner_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
     await lock_products(session, reserved_by=(kind, owner_id))
-    rows = (await session.execute(_EXTEND, {"r_kind": kind, "r_owner_id": owner_id, "ttl": float(ttl_seconds)})).all()
-    return sorted((Hold(r.product_id, r.quantity, "active", r.expires_at) for r in rows), key=lambda h: h.product_id)
+    rows = await session.fetch(_EXTEND, kind=kind, owner_id=owner_id, ttl=float(ttl_seconds))
+    holds = (Hold(r["product_id"], r["quantity"], "active", r["expires_at"]) for r in rows)
+    return sorted(holds, key=lambda h: h.product_id)
 
 
 async def extend_holds(session: Session, *, cart_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
@@ -509,28 +490,24 @@ async def _claim_order(
     `expect_row`: the step usually comes after the reservation made the row, so lock
     first and insert only when it is missing (one statement instead of two)."""
     if expect_row and (row := await _lock_order_row(session, order_id)) is not None:
-        return OrderClaim(False, row.state, row.shortages)
-    inserted = await session.scalar(_INSERT_ORDER_ROW, {"order_id": order_id, "state": state, "cart_id": cart_id})
+        return OrderClaim(False, row["state"], row["shortages"])
+    inserted = await session.fetchval(_INSERT_ORDER_ROW, order_id=order_id, state=state, cart_id=cart_id)
     if inserted is not None:
         return OrderClaim(True, state)
     row = await _lock_order_row(session, order_id)
     assert row is not None  # it conflicted, and rows of order_stock are never deleted
-    return OrderClaim(False, row.state, row.shortages)
+    return OrderClaim(False, row["state"], row["shortages"])
 
 
-_INSERT_ORDER_ROW = (
-    pg.insert(_O)
-    .values(order_id=sa.bindparam("order_id"), state=sa.bindparam("state"), cart_id=sa.bindparam("cart_id"))
-    .on_conflict_do_nothing(index_elements=[_O.c.order_id])
-    .returning(_O.c.order_id)
+_INSERT_ORDER_ROW = Sql(
+    "INSERT INTO catalog.order_stock (order_id, state, cart_id) VALUES (:order_id, :state, :cart_id)"
+    " ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
 )
-_LOCK_ORDER_ROW = (
-    sa.select(_O.c.state, _O.c.shortages).where(_O.c.order_id == sa.bindparam("order_id")).with_for_update()
-)
+_LOCK_ORDER_ROW = Sql("SELECT state, shortages FROM catalog.order_stock WHERE order_id = :order_id FOR UPDATE")
 
 
 async def _lock_order_row(session: Session, order_id: uuid.UUID) -> Any:
-    return (await session.execute(_LOCK_ORDER_ROW, {"order_id": order_id})).first()
+    return await session.fetchrow(_LOCK_ORDER_ROW, order_id=order_id)
 
 
 async def _set_order_state(session: Session, order_id: uuid.UUID, state: OrderState, **values: Any) -> None:
@@ -539,15 +516,14 @@ async def _set_order_state(session: Session, order_id: uuid.UUID, state: OrderSt
     )
 
 
-_ORDER_ROWS = (
-    sa.select(_R.c.id, _R.c.product_id, _R.c.quantity, _R.c.expires_at)
-    .where(_R.c.kind == "order", _R.c.owner_id == sa.bindparam("order_id"), _R.c.status == "active")
-    .order_by(_R.c.product_id)
+_ORDER_ROWS = Sql(
+    "SELECT id, product_id, quantity, expires_at FROM catalog.inventory_reservations"
+    " WHERE kind = 'order' AND owner_id = :order_id AND status = 'active' ORDER BY product_id"
 )
 
 
 async def _order_rows(session: Session, order_id: uuid.UUID) -> list[Any]:
-    return list((await session.execute(_ORDER_ROWS, {"order_id": order_id})).all())
+    return await session.fetch(_ORDER_ROWS, order_id=order_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,21 +591,17 @@ async def reserve_for_order(
         return Reservation("failed", shortages=short)
 
     extra = [(p.product_id, p.extra) for p in sorted(plans, key=lambda p: p.product_id) if p.extra]
-    expires_at = (
-        await session.execute(
-            _RESERVE_ORDER,
-            {
-                "d_id": [pid for pid, _ in extra],
-                "d_delta": [n for _, n in extra],
-                "h_ids": [r.id for r in hold_rows],
-                "n_id": [uuid.uuid4() for _ in plans],
-                "n_product_id": [p.product_id for p in plans],
-                "n_quantity": [p.quantity for p in plans],
-                "n_owner_id": order_id,
-                "n_ttl": float(ttl_seconds),
-            },
-        )
-    ).scalar()
+    expires_at = await session.fetchval(
+        _RESERVE_ORDER,
+        d_id=[pid for pid, _ in extra],
+        d_delta=[n for _, n in extra],
+        h_ids=[r.id for r in hold_rows],
+        n_id=[uuid.uuid4() for _ in plans],
+        n_product_id=[p.product_id for p in plans],
+        n_quantity=[p.quantity for p in plans],
+        owner_id=order_id,
+        ttl=float(ttl_seconds),
+    )
     return Reservation(
         "reserved",
         lines=[StockLine(product_id=p.product_id, quantity=p.quantity) for p in plans],
@@ -700,7 +672,7 @@ async def commit_order(session: Session, *, order_id: uuid.UUID, lines: Iterable
         log.warning("order %s confirmed without a reservation here; taking its units from free stock", order_id)
     states = await lock_products(session, wanted, reserved_by=("order", order_id))
     reserved_rows = await _order_rows(session, order_id)
-    from_reservation = {r.product_id: r.quantity for r in reserved_rows}
+    from_reservation = {r["product_id"]: r["quantity"] for r in reserved_rows}
     from_free = {pid: q for pid, q in wanted.items() if pid not in from_reservation}
     states = await _free_after_expiry(session, states, from_free)
     missing = [
@@ -710,15 +682,13 @@ async def commit_order(session: Session, *, order_id: uuid.UUID, lines: Iterable
     ]
     taken = {pid: q for pid, q in from_free.items() if pid in states and q <= states[pid].free}
     sold = sorted({**from_reservation, **taken}.items())
-    await session.execute(
+    await session.run(
         _COMMIT_ORDER,
-        {
-            "r_ids": [r.id for r in reserved_rows],
-            "s_id": [pid for pid, _ in sold],
-            "s_sold": [q for _, q in sold],
-            "s_unreserved": [from_reservation.get(pid, 0) for pid, _ in sold],
-            "o_order_id": order_id,
-        },
+        r_ids=[r["id"] for r in reserved_rows],
+        s_id=[pid for pid, _ in sold],
+        s_sold=[q for _, q in sold],
+        s_unreserved=[from_reservation.get(pid, 0) for pid, _ in sold],
+        order_id=order_id,
     )
     if missing:
         log.error(

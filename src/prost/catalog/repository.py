@@ -30,7 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.catalog import domain
 from prost.catalog.tables import categories, inventory_reservations, product_counts, products
-from prost.kit.db import Session
+from prost.kit import db
+from prost.kit.db import Session, Sql
 
 log = logging.getLogger("prost.catalog")
 
@@ -39,27 +40,17 @@ T = TypeVar("T")
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 
 
-def sqlstate(exc: BaseException) -> str | None:
-    """The PostgreSQL error code behind a SQLAlchemy/asyncpg error, if any."""
-    orig = getattr(exc, "orig", None)
-    for candidate in (orig, getattr(orig, "__cause__", None), exc):
-        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(code, str):
-            return code
-    return None
-
-
 async def run_in_transaction(engine: AsyncEngine, fn: Callable[[Session], Awaitable[T]], *, attempts: int = 8) -> T:
     """Run `fn` in its own transaction, again (after a short random pause) when
     PostgreSQL aborted it for a deadlock or a serialization failure."""
     for attempt in range(1, attempts + 1):
         try:
-            async with engine.begin() as session:
+            async with db.transaction(engine) as session:
                 return await fn(session)
-        except sa.exc.DBAPIError as exc:
-            if sqlstate(exc) not in RETRYABLE_SQLSTATES or attempt == attempts:
+        except db.DATABASE_ERRORS as exc:
+            if db.sqlstate(exc) not in RETRYABLE_SQLSTATES or attempt == attempts:
                 raise
-            log.info("transaction retried after %s (attempt %d)", sqlstate(exc), attempt)
+            log.info("transaction retried after %s (attempt %d)", db.sqlstate(exc), attempt)
             await asyncio.sleep(random.uniform(0.001, 0.01) * attempt)
     raise AssertionError("unreachable")
 
@@ -173,11 +164,21 @@ def select_products() -> sa.Select[Any]:
 
 
 SELECT_PRODUCT = select_products().where(_P.c.id == sa.bindparam("product_id"))
-SELECT_PRODUCTS = select_products().where(_P.c.id == sa.func.any(sa.bindparam("product_ids", type_=pg.ARRAY(pg.UUID))))
+
+
+# Several products by id (the quote's read, one per order placed), as `Sql`: the
+# columns of `select_products()`.
+_QUOTE = Sql(
+    "SELECT p.id, p.sku, p.name, p.description, p.price, p.currency, p.category_id, p.stock, p.reserved, p.active,"
+    " p.created_at, p.updated_at, greatest(p.stock - p.reserved + (SELECT coalesce(sum(r.quantity), 0)"
+    " FROM catalog.inventory_reservations r WHERE r.product_id = p.id AND r.status = 'active'"
+    " AND r.expires_at <= now()), 0) AS available"
+    " FROM catalog.products p WHERE p.id = ANY(CAST(:product_ids AS uuid[]))"
+)
 
 
 def product_row(row: Any) -> ProductRow:
-    return ProductRow(**row._mapping)
+    return ProductRow(**db.mapping(row))
 
 
 _ORDERINGS: dict[str, tuple[sa.ColumnElement[Any], ...]] = {
@@ -315,8 +316,7 @@ class ProductRepository:
     async def get_many(self, product_ids: Sequence[uuid.UUID]) -> list[ProductRow]:
         if not product_ids:
             return []
-        rows = (await self.session.execute(SELECT_PRODUCTS, {"product_ids": list(product_ids)})).all()
-        return [product_row(r) for r in rows]
+        return [product_row(r) for r in await self.session.fetch(_QUOTE, product_ids=list(product_ids))]
 
     async def list(self, query: ProductQuery) -> tuple[list[ProductRow], int]:
         page, count, values = list_statements(query)

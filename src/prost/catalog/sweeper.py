@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import sqlalchemy as sa
-
 from prost.catalog import inventory
 from prost.catalog.repository import run_in_transaction
+from prost.kit import db
 from prost.kit.db import Session
 from prost.kit.service import ServiceContext
 
@@ -34,7 +33,7 @@ async def sweep_expired_reservations(ctx: ServiceContext) -> None:
     while True:
         try:
             ended = await run_in_transaction(ctx.engine, sweep)
-        except (OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
+        except db.DATABASE_ERRORS as exc:
             log.warning("sweep failed (%s); trying again later", exc)
             ended = 0
         if ended:

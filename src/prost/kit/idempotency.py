@@ -22,7 +22,7 @@ and the remembered response commit together or not at all::
     if (hit := await store.replay(conn, req)) is not None:                # cheap early exit
         return hit.response()
     ... slow work (calls to other services) ...
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         if (hit := await store.claim(session, req)) is not None:          # lost a race
             return hit.response()                                         # (rolls back)
         ... the effect ...
@@ -50,6 +50,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from prost.kit import db
 from prost.kit.db import Session, idempotency_of
 from prost.kit.errors import Conflict, IdempotencyKeyReused, JSONBody, ValidationFailed
 from prost.kit.service import BackgroundLoop, ServiceContext
@@ -167,7 +168,7 @@ class IdempotencyStore:
         """For flows that cannot keep one transaction open: commit an open record now
         (concurrent duplicates then get 409 `conflict`), `complete` it later, or
         `abandon` it when the request fails so that a retry can run."""
-        async with engine.begin() as session:
+        async with db.transaction(engine) as session:
             return await self.claim(session, req)
 
     async def abandon(self, session: Session, req: IdempotentRequest) -> None:
@@ -187,7 +188,7 @@ class IdempotencyStore:
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )
-            async with engine.begin() as session:
+            async with db.transaction(engine) as session:
                 deleted = (await session.execute(sa.delete(t).where(t.c.id.in_(victims)))).rowcount
             total += deleted
             if deleted < _PURGE_CHUNK:
@@ -201,7 +202,7 @@ def purge_loop(store: IdempotencyStore, *, every_seconds: float = 300.0) -> Back
         while True:
             try:
                 purged = await store.purge_expired(ctx.engine)
-            except (OSError, sa.exc.DBAPIError) as exc:
+            except db.DATABASE_ERRORS as exc:
                 log.warning("%s: purging idempotency keys failed: %s", store.schema, exc)
             else:
                 if purged:

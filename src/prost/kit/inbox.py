@@ -57,8 +57,9 @@ from functools import cache
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from prost.kit import db
 from prost.kit.bus.base import Handler
-from prost.kit.db import Session, idempotency_of, quoted_schema
+from prost.kit.db import Session, Sql, idempotency_of, quoted_schema
 from prost.kit.logs import correlation_id_var
 from prost.kit.messages import Envelope
 
@@ -72,15 +73,15 @@ BATCH_LOCK_TIMEOUT_MS = 100
 
 
 @cache
-def _record_statements(schema: str) -> tuple[sa.TextClause, sa.TextClause]:
+def _record_statements(schema: str) -> tuple[Sql, Sql]:
     """(one event, a batch of events) for one schema, built once as plain text: they
     run for every consumed message. In the batch's, `set_config(..., true)` is `SET
     LOCAL lock_timeout` for the transaction in the same round trip (true for every
     row, it filters nothing)."""
     insert = f"INSERT INTO {quoted_schema(schema)}.idempotency_records (kind, event_id, service_name, completed_at) "
     conflict = "ON CONFLICT (event_id, service_name) DO NOTHING "
-    one = sa.text(insert + "VALUES ('event', :event_id, :service_name, now()) " + conflict + "RETURNING id")
-    batch = sa.text(
+    one = Sql(insert + "VALUES ('event', :event_id, :service_name, now()) " + conflict + "RETURNING id")
+    batch = Sql(
         insert
         + "SELECT 'event', e, :service_name, now() FROM unnest(CAST(:event_ids AS uuid[])) AS e "
         + "WHERE set_config('lock_timeout', :lock_timeout, true) IS NOT NULL "
@@ -96,8 +97,10 @@ async def record_batch(
     """`record` for several distinct events in one statement, and a lock timeout of
     `BATCH_LOCK_TIMEOUT_MS` for the rest of the transaction; returns the new ones."""
     _, stmt = _record_statements(schema or service_name)
-    params = {"event_ids": list(event_ids), "service_name": service_name, "lock_timeout": f"{BATCH_LOCK_TIMEOUT_MS}ms"}
-    return {row[0] for row in await session.execute(stmt, params)}
+    rows = await session.fetch(
+        stmt, event_ids=list(event_ids), service_name=service_name, lock_timeout=f"{BATCH_LOCK_TIMEOUT_MS}ms"
+    )
+    return {row[0] for row in rows}
 
 
 async def record(session: Session, service_name: str, event_id: uuid.UUID, *, schema: str | None = None) -> bool:
@@ -106,7 +109,7 @@ async def record(session: Session, service_name: str, event_id: uuid.UUID, *, sc
     Returns False when it was already recorded (do nothing then). The record lives in
     `schema` (default: the service's own schema, named like the service)."""
     stmt, _ = _record_statements(schema or service_name)
-    return (await session.execute(stmt, {"event_id": event_id, "service_name": service_name})).first() is not None
+    return await session.fetchrow(stmt, event_id=event_id, service_name=service_name) is not None
 
 
 async def seen(session: Session, service_name: str, event_id: uuid.UUID, *, schema: str | None = None) -> bool:
@@ -124,7 +127,7 @@ async def handle_once(
     """Run `fn(session)` for this event unless `service_name` already did, all in one
     transaction with the record. Returns True when it ran, False for a duplicate.
     An exception from `fn` rolls back everything and propagates (the bus retries)."""
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         if not await record(session, service_name, envelope.event_id, schema=schema):
             return False
         await fn(session)
@@ -203,7 +206,7 @@ class Inbox:
     async def _together(self, batch: list[_Waiting]) -> list[bool]:
         unique = list(dict.fromkeys(w.envelope.event_id for w in batch))
         outcome: list[bool] = []
-        async with self.engine.begin() as session:
+        async with db.transaction(self.engine) as session:
             fresh = await record_batch(session, self.service_name, unique, schema=self.schema)
             for waiting in batch:
                 event_id = waiting.envelope.event_id

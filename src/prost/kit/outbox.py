@@ -3,10 +3,10 @@ publishes them (DESIGN.md section 4, step 1).
 
 Writing:
     `add_to_outbox(session, envelope)` inserts a row into `<producer>.outbox` inside the
-    caller's transaction and, in the same statement, `pg_notify('prost_outbox', '<schema>')`.
+    caller's transaction and, in the same statement, `pg_notify('prost_outbox.<schema>', '')`.
     PostgreSQL delivers the notification only at commit (and folds repeats within one
     transaction), so a relay wakes as soon as the row is visible, and never for a row
-    that was rolled back.
+    that was rolled back. A channel per schema: only that schema's relays wake.
 
 Relaying (`OutboxRelay`, one per service schema, any number of replicas):
     1. in one statement, claim up to `batch_size` unsent rows `ORDER BY seq FOR UPDATE
@@ -38,26 +38,30 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from prost.kit import db
 from prost.kit.bus.base import MessageBus, PublishError, Unroutable
-from prost.kit.db import Session, outbox_of, quoted_schema
+from prost.kit.db import Session, Sql, outbox_of, quoted_schema
 from prost.kit.messages import Envelope
 
 log = logging.getLogger("prost.outbox")
 
 CHANNEL = "prost_outbox"
-"""The NOTIFY channel; the payload is the schema that has new rows."""
+"""The NOTIFY channels are `prost_outbox.<schema>`: a relay hears its own schema only."""
 
 LISTEN_APPLICATION_NAME = "prost-outbox-listen"
 """With `:<schema>` appended, the application name of a relay's LISTEN connection."""
+
+_RELAY_ERRORS: tuple[type[BaseException], ...] = (PublishError, *db.DATABASE_ERRORS)
+"""A batch that failed for these is retried after a pause."""
 
 _UNROUTABLE_MAX_DELAY = 300.0
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
@@ -65,37 +69,61 @@ _PURGE_EVERY_SECONDS = 300.0
 _PURGE_CHUNK = 5000
 
 
+def channel(schema: str) -> str:
+    """The NOTIFY channel of one schema's outbox."""
+    return f"{CHANNEL}.{schema}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    one: Sql
+    several: Sql
+    claim: Sql
+
+
 @cache
-def _statements(schema: str) -> tuple[sa.TextClause, sa.TextClause]:
-    """(one envelope, several envelopes) for one schema: each inserts and notifies in a
-    single statement (one round trip).
+def _statements(schema: str) -> _Statements:
+    """One schema's hot statements, built once as text (no SQL compilation on the hot
+    path; the envelope goes in as JSON text made by orjson, cast to jsonb by the server).
 
-    Plain text statements, built once per schema: the hot path pays no SQL compilation,
-    and the envelope goes in as JSON text made by orjson, cast to jsonb by the server.
-    A data-modifying CTE runs whether or not it is read; selecting from it makes one
-    round trip do both. The NOTIFY is queued in this transaction: it fires only at commit."""
-    insert = f"WITH ins AS (INSERT INTO {quoted_schema(schema)}.outbox (event_id, event_type, envelope) "
-    notify = f" RETURNING seq) SELECT pg_notify('{CHANNEL}', :schema) FROM ins LIMIT 1"
-    one = sa.text(insert + "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))" + notify)
-    several = sa.text(
-        insert
-        + "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
-        + "CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:envelopes AS text[])"
-        + ") WITH ORDINALITY AS e (event_id, event_type, envelope, n) ORDER BY e.n"
-        + notify
+    Writing: each form inserts and notifies in a single statement (one round trip): a
+    data-modifying CTE runs whether or not it is read, and selecting from it does both.
+    The NOTIFY is queued in the writer's transaction and fires only at commit.
+
+    Claiming: up to `:batch` unsent rows, oldest first, skipping rows another relay
+    holds and the seqs in `:parked` (unroutable for now; may be empty), marked sent in
+    the same statement. The mark counts only if the relay's transaction commits, which
+    it does once the broker confirmed, with the rows it did not confirm put back first."""
+    table = f"{quoted_schema(schema)}.outbox"
+    insert = f"WITH ins AS (INSERT INTO {table} (event_id, event_type, envelope) "
+    notify = " RETURNING seq) SELECT pg_notify(:channel, '') FROM ins LIMIT 1"
+    return _Statements(
+        one=Sql(insert + "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))" + notify),
+        several=Sql(
+            insert
+            + "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
+            + "CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:envelopes AS text[])"
+            + ") WITH ORDINALITY AS e (event_id, event_type, envelope, n) ORDER BY e.n"
+            + notify
+        ),
+        claim=Sql(
+            f"UPDATE {table} SET sent_at = now(), attempts = attempts + 1 WHERE seq IN ("
+            f"SELECT seq FROM {table} WHERE sent_at IS NULL AND NOT (seq = ANY(CAST(:parked AS bigint[]))) "
+            "ORDER BY seq LIMIT :batch FOR UPDATE SKIP LOCKED) RETURNING seq, envelope"
+        ),
     )
-    return one, several
-
-
-def _params(envelope: Envelope) -> dict[str, Any]:
-    return {"event_id": envelope.event_id, "event_type": envelope.event_type, "envelope": envelope.to_json().decode()}
 
 
 async def add_to_outbox(session: Session, envelope: Envelope) -> None:
     """Queue `envelope` for publishing in `<envelope.producer>.outbox`, in the caller's
     transaction: it is published if and only if that transaction commits."""
-    one, _ = _statements(envelope.producer)
-    await session.execute(one, {**_params(envelope), "schema": envelope.producer})
+    await session.run(
+        _statements(envelope.producer).one,
+        event_id=envelope.event_id,
+        event_type=envelope.event_type,
+        envelope=envelope.to_json().decode(),
+        channel=channel(envelope.producer),
+    )
 
 
 async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> None:
@@ -107,42 +135,18 @@ async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> 
         if len(group) == 1:
             await add_to_outbox(session, group[0])
             continue
-        _, several = _statements(schema)
-        await session.execute(
-            several,
-            {
-                "event_ids": [e.event_id for e in group],
-                "event_types": [e.event_type for e in group],
-                "envelopes": [e.to_json().decode() for e in group],
-                "schema": schema,
-            },
+        await session.run(
+            _statements(schema).several,
+            event_ids=[e.event_id for e in group],
+            event_types=[e.event_type for e in group],
+            envelopes=[e.to_json().decode() for e in group],
+            channel=channel(schema),
         )
 
 
 def listen_dsn(engine: AsyncEngine) -> str:
     """A plain `postgresql://` DSN for asyncpg from the engine's URL (keeps `?host=`)."""
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _claim_statement(t: sa.Table, batch_size: int) -> sa.Update:
-    """Claim and mark a batch in one statement (built once per relay; `parked`: the
-    seqs to skip for now, an array that may be empty). The mark counts only if the
-    transaction commits, which it does once the broker confirmed, with the rows the
-    broker did not confirm put back first."""
-    parked = sa.bindparam("parked", type_=pg.ARRAY(sa.BigInteger()))
-    batch = (
-        sa.select(t.c.seq)
-        .where(t.c.sent_at.is_(None), sa.not_(t.c.seq == sa.func.any(parked)))
-        .order_by(t.c.seq)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
-    )
-    return (
-        sa.update(t)
-        .where(t.c.seq.in_(batch.scalar_subquery()))
-        .values(sent_at=sa.func.now(), attempts=t.c.attempts + 1)
-        .returning(t.c.seq, t.c.envelope)
-    )
 
 
 class OutboxRelay:
@@ -167,7 +171,7 @@ class OutboxRelay:
         self.retention = timedelta(hours=retention_hours)
         self.publish_timeout = publish_timeout
         self.table = outbox_of(schema)
-        self._claim = _claim_statement(self.table, batch_size)
+        self._claim = _statements(schema).claim
         self._wake = asyncio.Event()
         # seq -> monotonic time before which this relay does not retry an unroutable row.
         self._parked: dict[int, float] = {}
@@ -188,8 +192,9 @@ class OutboxRelay:
         now = time.monotonic()
         self._parked = {seq: until for seq, until in self._parked.items() if until > now}
         transient: PublishError | None = None
-        async with self.engine.begin() as session:
-            rows = sorted((await session.execute(self._claim, {"parked": list(self._parked)})).all())
+        async with db.transaction(self.engine) as session:
+            rows = await session.fetch(self._claim, parked=list(self._parked), batch=self.batch_size)
+            rows.sort(key=lambda row: row[0])
             if not rows:
                 return 0, 0
             by_id: dict[str, int] = {}
@@ -262,7 +267,7 @@ class OutboxRelay:
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )
-            async with self.engine.begin() as session:
+            async with db.transaction(self.engine) as session:
                 deleted = (await session.execute(sa.delete(t).where(t.c.seq.in_(victims)))).rowcount
             total += deleted
             if deleted < _PURGE_CHUNK:
@@ -280,7 +285,7 @@ class OutboxRelay:
                 self._wake.clear()
                 try:
                     claimed, _ = await self._relay_batch()
-                except (PublishError, OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+                except _RELAY_ERRORS as exc:
                     log.warning("outbox %s: publishing failed (%s); retrying in %.1f s", self.schema, exc, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -294,7 +299,7 @@ class OutboxRelay:
                     next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
                     try:
                         purged = await self.purge()
-                    except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+                    except db.DATABASE_ERRORS as exc:
                         log.warning("outbox %s: purge failed: %s", self.schema, exc)
                     else:
                         if purged:
@@ -312,9 +317,8 @@ class OutboxRelay:
         dsn = listen_dsn(self.engine)
         delay = _BACKOFF_MIN
 
-        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            if payload == self.schema:
-                self._wake.set()
+        def on_notify(_conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+            self._wake.set()
 
         while True:
             conn: asyncpg.Connection | None = None
@@ -324,7 +328,7 @@ class OutboxRelay:
                 )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, on_notify)
+                await conn.add_listener(channel(self.schema), on_notify)
                 self.listening.set()
                 self._wake.set()  # catch up on whatever was committed while we were not listening
                 delay = _BACKOFF_MIN

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prost.contracts.catalog import StockLine
-from prost.kit import idempotency
+from prost.kit import db, idempotency
 from prost.kit.auth import CurrentUser, Principal, ServiceCaller
 from prost.kit.cards import PaymentCardIn
 from prost.kit.errors import DomainError, JSONBody
@@ -179,7 +179,7 @@ async def place(
         policy=sg.Policy.from_settings(ctx.settings),
     )
     public = _public_of_new(order_id, user_id, priced, now)
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         if request is not None and (hit := await IDEMPOTENCY.claim(session, request)) is not None:
             return hit.response()
         orders = OrderRepository(session)
@@ -261,7 +261,7 @@ async def place_order(
             key=key,
             fingerprint=idempotency.fingerprint(await request.body(), secret=ctx.auth.secret),
         )
-        async with ctx.engine.connect() as conn:
+        async with db.autocommit(ctx.engine) as conn:
             if (hit := await IDEMPOTENCY.replay(conn, idem)) is not None:
                 return hit.response()
     return await place(ctx, body, order_id=uuid.uuid4(), user_id=user.id, cart_id=None, request=idem)
@@ -270,7 +270,7 @@ async def place_order(
 @internal_router.post("", status_code=202)
 async def place_order_for_cart(body: InternalOrderCreate, ctx: Ctx, _caller: ServiceCaller) -> JSONBody:
     """The cart's checkout: idempotent on `order_id` (the same id gives back that order)."""
-    async with ctx.engine.connect() as conn:
+    async with db.autocommit(ctx.engine) as conn:
         orders = OrderRepository(conn)
         if await orders.get(body.order_id) is not None:
             return await _existing(orders, body.order_id, body.user_id)
@@ -292,7 +292,7 @@ async def list_orders(
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     status: StatusName | None = None,
 ) -> JSONBody:
-    async with ctx.engine.connect() as conn:
+    async with db.autocommit(ctx.engine) as conn:
         rows, total = await OrderRepository(conn).list(
             user_id=None if user.is_admin else user.id, status=status, page=page, page_size=page_size
         )
@@ -302,7 +302,7 @@ async def list_orders(
 
 @router.get("/{order_id}", response_model=OrderPublic, summary="One order (owner or admin)")
 async def get_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> JSONBody:
-    async with ctx.engine.connect() as conn:
+    async with db.autocommit(ctx.engine) as conn:
         found = await OrderRepository(conn).get(order_id)
     if found is None or not _visible(found[0]["user_id"], user):
         raise OrderNotFound()
@@ -320,7 +320,7 @@ async def cancel_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> JSON
     """The order becomes `cancelled` (`cancelled_by_user`) at once; the saga then
     releases its stock (and refunds a payment that lands later)."""
     now = utcnow()
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         sagas = SagaRepository(session)
         current = await sagas.get_for_update(order_id)
         if current is None or not _visible(current.user_id, user):
@@ -334,7 +334,7 @@ async def cancel_order(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> JSON
 
 @router.get("/{order_id}/saga", response_model=SagaPublic, summary="The order's saga: steps and compensations")
 async def get_saga(order_id: uuid.UUID, ctx: Ctx, user: CurrentUser) -> JSONBody:
-    async with ctx.engine.connect() as conn:
+    async with db.autocommit(ctx.engine) as conn:
         sagas = SagaRepository(conn)
         current = await sagas.get(order_id)
         if current is None or not _visible(current.user_id, user):

@@ -16,9 +16,9 @@ import asyncio
 import logging
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from prost.kit import db
 from prost.kit.logs import correlation_id_var
 from prost.kit.service import ServiceContext
 from prost.orders import saga as sg
@@ -34,7 +34,7 @@ async def reconcile_once(
 ) -> int:
     """One pass over due sagas; returns how many it took."""
     now = now or utcnow()
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         sagas = SagaRepository(session)
         due = await sagas.due(now, limit=limit)
         for current in due:
@@ -63,7 +63,7 @@ async def reconcile_sagas(ctx: ServiceContext) -> None:
     while True:
         try:
             taken = await reconcile_once(ctx.engine, policy)
-        except (OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
+        except db.DATABASE_ERRORS as exc:
             log.warning("saga reconciler pass failed (%s); retrying", exc)
             taken = 0
         if taken < BATCH:

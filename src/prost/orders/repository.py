@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from prost.contracts.catalog import StockLine
 from prost.kit import outbox
-from prost.kit.db import Session
+from prost.kit.db import Session, Sql
 from prost.kit.messages import Envelope
 from prost.orders import saga as sg
 from prost.orders.domain import PricedOrder
@@ -42,7 +43,7 @@ def envelope_for(event: Any, *, order_id: uuid.UUID, caused_by: Envelope | None)
 # The order, its lines and its saga row in one round trip, written once as text (no
 # per-call SQL building: placing an order is the hot path). The lines and the saga
 # select FROM `o`, so nothing is written when the order id already existed.
-_PLACE_ORDER = sa.text(
+_PLACE_ORDER = Sql(
     """
     WITH o AS (
         INSERT INTO orders.orders (id, user_id, cart_id, status, total_amount, currency,
@@ -54,30 +55,16 @@ _PLACE_ORDER = sa.text(
     ), i AS (
         INSERT INTO orders.order_items (order_id, product_id, position, sku, name, quantity, unit_price, line_total)
         SELECT o.id, l.product_id, (l.n - 1)::smallint, l.sku, l.name, l.quantity, l.unit_price, l.line_total
-        FROM o, unnest(:product_ids, :skus, :names, :quantities, :unit_prices, :line_totals)
+        FROM o, unnest(CAST(:product_ids AS uuid[]), CAST(:skus AS text[]), CAST(:names AS text[]),
+                       CAST(:quantities AS int[]), CAST(:unit_prices AS numeric[]), CAST(:line_totals AS numeric[]))
                 WITH ORDINALITY AS l(product_id, sku, name, quantity, unit_price, line_total, n)
     ), s AS (
         INSERT INTO orders.saga_states (order_id, step, status, deadline, version, lines, steps, created_at, updated_at)
-        SELECT o.id, :step, :saga_status, :deadline, :version, :lines, :steps, :now, :now FROM o
+        SELECT o.id, CAST(:step AS text), CAST(:saga_status AS text), CAST(:deadline AS timestamptz),
+               CAST(:version AS int), CAST(:lines AS jsonb), CAST(:steps AS jsonb), :now, :now FROM o
     )
     SELECT count(*) FROM o
     """
-).bindparams(
-    sa.bindparam("id", type_=pg.UUID(as_uuid=True)),
-    sa.bindparam("user_id", type_=pg.UUID(as_uuid=True)),
-    sa.bindparam("cart_id", type_=pg.UUID(as_uuid=True)),
-    sa.bindparam("total_amount", type_=sa.Numeric(12, 2)),
-    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
-    sa.bindparam("deadline", type_=sa.DateTime(timezone=True)),
-    sa.bindparam("product_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True))),
-    sa.bindparam("skus", type_=pg.ARRAY(sa.Text)),
-    sa.bindparam("names", type_=pg.ARRAY(sa.Text)),
-    sa.bindparam("quantities", type_=pg.ARRAY(sa.Integer)),
-    sa.bindparam("unit_prices", type_=pg.ARRAY(sa.Numeric(12, 2))),
-    sa.bindparam("line_totals", type_=pg.ARRAY(sa.Numeric(12, 2))),
-    sa.bindparam("version", type_=sa.Integer),
-    sa.bindparam("lines", type_=pg.JSONB),
-    sa.bindparam("steps", type_=pg.JSONB),
 )
 
 
@@ -102,31 +89,29 @@ class OrderRepository:
         event. False, with nothing written, when `order_id` already exists."""
         state = saga.saga
         lines = priced.lines
-        created = await self.session.scalar(
+        created = await self.session.fetchval(
             _PLACE_ORDER,
-            {
-                "id": order_id,
-                "user_id": user_id,
-                "cart_id": cart_id,
-                "total_amount": priced.total_amount,
-                "currency": priced.currency,
-                "payment_token": payment_token,
-                "card_last4": card_last4,
-                "card_brand": card_brand,
-                "now": now,
-                "product_ids": [line.product_id for line in lines],
-                "skus": [line.sku for line in lines],
-                "names": [line.name for line in lines],
-                "quantities": [line.quantity for line in lines],
-                "unit_prices": [line.unit_price for line in lines],
-                "line_totals": [line.line_total for line in lines],
-                "step": state.step.value,
-                "saga_status": state.status,
-                "deadline": state.deadline,
-                "version": state.version,
-                "lines": _lines_json(state.lines),
-                "steps": _steps_json(state.steps),
-            },
+            id=order_id,
+            user_id=user_id,
+            cart_id=cart_id,
+            total_amount=priced.total_amount,
+            currency=priced.currency,
+            payment_token=payment_token,
+            card_last4=card_last4,
+            card_brand=card_brand,
+            now=now,
+            product_ids=[line.product_id for line in lines],
+            skus=[line.sku for line in lines],
+            names=[line.name for line in lines],
+            quantities=[line.quantity for line in lines],
+            unit_prices=[line.unit_price for line in lines],
+            line_totals=[line.line_total for line in lines],
+            step=state.step.value,
+            saga_status=state.status,
+            deadline=state.deadline,
+            version=state.version,
+            lines=_json(_lines_json(state.lines)),
+            steps=_json(_steps_json(state.steps)),
         )
         if not created:
             return False
@@ -267,67 +252,63 @@ def _lines_json(lines: Sequence[StockLine]) -> list[dict[str, Any]]:
     return [{"product_id": str(line.product_id), "quantity": line.quantity} for line in lines]
 
 
+def _json(value: Any) -> str:
+    """A jsonb parameter of an `Sql` statement: JSON text, which the server casts."""
+    return orjson.dumps(value).decode()
+
+
 # One saga transition in one round trip, written once as text: the saga row moves on
 # (only from the version this transaction read and locked; `moved` false when only the
 # reservation view changes), the order takes its new status (only if it changed, so
 # `updated_at` is when the status last changed), and the orders' view of the catalog's
 # reservation follows (`track`: `reserved` lines, or every line `committed`/`released`).
-_ADVANCE = sa.text(
+_ADVANCE = Sql(
     """
     WITH s AS (
         UPDATE orders.saga_states
            SET step = :step, status = :saga_status, deadline = :deadline, version = :version,
-               steps = coalesce(:steps, steps), payment_id = :payment_id,
+               steps = coalesce(CAST(:steps AS jsonb), steps), payment_id = :payment_id,
                reservation_expires_at = :reservation_expires_at, updated_at = :now
-         WHERE order_id = :order_id AND version = :old_version AND :moved
+         WHERE order_id = :order_id AND version = :old_version AND CAST(:moved AS boolean)
         RETURNING order_id
     ), o AS (
         UPDATE orders.orders
            SET status = :order_status, failure_reason = :failure_reason, updated_at = :now
-         WHERE id = :order_id AND :moved
-           AND (status, failure_reason) IS DISTINCT FROM (:order_status, :failure_reason)
+         WHERE id = :order_id AND CAST(:moved AS boolean)
+           AND (status, failure_reason) IS DISTINCT FROM (CAST(:order_status AS text), CAST(:failure_reason AS text))
     ), r AS (
         INSERT INTO orders.inventory_reservations
                (order_id, product_id, quantity, status, expires_at, created_at, updated_at)
-        SELECT :order_id, l.product_id, l.quantity, 'reserved', :expires_at, :now, :now
-          FROM unnest(:product_ids, :quantities) AS l(product_id, quantity)
-         WHERE :track = 'reserved'
+        SELECT :order_id, l.product_id, l.quantity, 'reserved', CAST(:expires_at AS timestamptz), :now, :now
+          FROM unnest(CAST(:product_ids AS uuid[]), CAST(:quantities AS int[])) AS l(product_id, quantity)
+         WHERE CAST(:track AS text) = 'reserved'
         ON CONFLICT (order_id, product_id)
         DO UPDATE SET status = 'reserved', expires_at = excluded.expires_at, updated_at = excluded.updated_at
     ), u AS (
-        UPDATE orders.inventory_reservations SET status = :track, updated_at = :now
-         WHERE order_id = :order_id AND :track IN ('committed', 'released')
+        UPDATE orders.inventory_reservations SET status = CAST(:track AS text), updated_at = :now
+         WHERE order_id = :order_id AND CAST(:track AS text) IN ('committed', 'released')
     )
     SELECT count(*) FROM s
     """
-).bindparams(
-    sa.bindparam("order_id", type_=pg.UUID(as_uuid=True)),
-    sa.bindparam("old_version", type_=sa.Integer),
-    sa.bindparam("moved", type_=sa.Boolean),
-    sa.bindparam("step", type_=sa.String),
-    sa.bindparam("saga_status", type_=sa.String),
-    sa.bindparam("deadline", type_=sa.DateTime(timezone=True)),
-    sa.bindparam("version", type_=sa.Integer),
-    sa.bindparam("steps", type_=pg.JSONB(none_as_null=True)),
-    sa.bindparam("payment_id", type_=pg.UUID(as_uuid=True)),
-    sa.bindparam("reservation_expires_at", type_=sa.DateTime(timezone=True)),
-    sa.bindparam("order_status", type_=sa.String),
-    sa.bindparam("failure_reason", type_=sa.String),
-    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
-    sa.bindparam("track", type_=sa.String),
-    sa.bindparam("product_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True))),
-    sa.bindparam("quantities", type_=pg.ARRAY(sa.Integer)),
-    sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)),
 )
 
-
+# The saga with what it needs of its order and its compensation log, for one order
+# (`_SAGA_BY_ID`) or several (`_SAGA_BY_IDS`, Core: the reconciler's).
+_SAGA_BY_ID = Sql(
+    """
+    SELECT s.*, o.user_id, o.cart_id, o.status AS order_status, o.failure_reason, o.total_amount, o.currency,
+           o.payment_token,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object('action', c.action, 'status', c.status, 'reason', c.reason,
+                                                         'attempts', c.attempts, 'at', c.updated_at)), '[]'::jsonb)
+              FROM orders.compensation_log c WHERE c.order_id = s.order_id) AS compensations
+      FROM orders.saga_states s JOIN orders.orders o ON o.id = s.order_id
+     WHERE s.order_id = :order_id
+    """
+)
+_LOCK_SAGA = Sql("SELECT order_id FROM orders.saga_states WHERE order_id = :order_id FOR UPDATE")
 _SAGA_SELECT = sa.select(*_SAGA_COLUMNS).select_from(saga_states.join(orders, orders.c.id == saga_states.c.order_id))
-_SAGA_BY_ID = _SAGA_SELECT.where(saga_states.c.order_id == sa.bindparam("order_id"))
 _SAGA_BY_IDS = _SAGA_SELECT.where(
     saga_states.c.order_id == sa.func.any(sa.bindparam("order_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True))))
-)
-_LOCK_SAGA = (
-    sa.select(saga_states.c.order_id).where(saga_states.c.order_id == sa.bindparam("order_id")).with_for_update()
 )
 
 
@@ -344,13 +325,12 @@ class SagaRepository:
         cancellation committed meanwhile would show as a saga already compensating
         with an order still `pending`, and writing that back undid the cancellation.
         The next statement sees everything committed before it."""
-        if await self.session.scalar(_LOCK_SAGA, {"order_id": order_id}) is None:
+        if await self.session.fetchval(_LOCK_SAGA, order_id=order_id) is None:
             return None
-        row = (await self.session.execute(_SAGA_BY_ID, {"order_id": order_id})).mappings().first()
-        return saga_from_row(row) if row is not None else None
+        return await self.get(order_id)
 
     async def get(self, order_id: uuid.UUID) -> sg.Saga | None:
-        row = (await self.session.execute(_SAGA_BY_ID, {"order_id": order_id})).mappings().first()
+        row = await self.session.fetchrow(_SAGA_BY_ID, order_id=order_id)
         return saga_from_row(row) if row is not None else None
 
     async def due(self, now: datetime, *, limit: int) -> list[sg.Saga]:
@@ -387,27 +367,25 @@ class SagaRepository:
         new = decision.saga
         tracked = next((c for c in decision.commands if isinstance(c, sg.TrackReservation)), None)
         reserved = tracked.lines if tracked is not None and tracked.status == "reserved" else ()
-        count = await self.session.scalar(
+        count = await self.session.fetchval(
             _ADVANCE,
-            {
-                "order_id": old.order_id,
-                "old_version": old.version,
-                "moved": new != old,
-                "step": new.step.value,
-                "saga_status": new.status,
-                "deadline": new.deadline,
-                "version": new.version,
-                "steps": _steps_json(new.steps) if new.steps != old.steps else None,
-                "payment_id": new.payment_id,
-                "reservation_expires_at": new.reservation_expires_at,
-                "order_status": new.order_status.value,
-                "failure_reason": new.failure_reason.value if new.failure_reason else None,
-                "now": now,
-                "track": tracked.status if tracked is not None else None,
-                "product_ids": [line.product_id for line in reserved],
-                "quantities": [line.quantity for line in reserved],
-                "expires_at": tracked.expires_at if tracked is not None else None,
-            },
+            order_id=old.order_id,
+            old_version=old.version,
+            moved=new != old,
+            step=new.step.value,
+            saga_status=new.status,
+            deadline=new.deadline,
+            version=new.version,
+            steps=_json(_steps_json(new.steps)) if new.steps != old.steps else None,
+            payment_id=new.payment_id,
+            reservation_expires_at=new.reservation_expires_at,
+            order_status=new.order_status.value,
+            failure_reason=new.failure_reason.value if new.failure_reason else None,
+            now=now,
+            track=tracked.status if tracked is not None else None,
+            product_ids=[line.product_id for line in reserved],
+            quantities=[line.quantity for line in reserved],
+            expires_at=tracked.expires_at if tracked is not None else None,
         )
         if new != old and count != 1:
             raise StaleSaga(f"saga {old.order_id} is no longer at version {old.version}")

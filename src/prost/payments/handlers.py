@@ -44,8 +44,8 @@ from typing import TypeVar
 
 from prost.contracts.orders import PaymentRefundRequested, PaymentRequested
 from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRefunded
-from prost.kit import inbox, outbox
-from prost.kit.db import Session, autocommit
+from prost.kit import db, inbox, outbox
+from prost.kit.db import Session
 from prost.kit.messages import Envelope, Event
 from prost.kit.service import Raw, ServiceContext, Subscription
 from prost.payments import domain, repository
@@ -226,7 +226,7 @@ async def charge_requested_payment(envelope: Envelope, ctx: ServiceContext) -> N
     payment: domain.Payment | None = None
     if problem is None:
         # The usual case, a first request: the payment is one statement, no transaction.
-        async with autocommit(ctx.engine) as conn:
+        async with db.autocommit(ctx.engine) as conn:
             payment = await repository.add(conn, new_payment)
     if payment is None:
         payment = await _resume_or_answer(ctx, request, new_payment, problem, envelope)
@@ -245,7 +245,7 @@ async def _resume_or_answer(
 ) -> domain.Payment | None:
     """A request that is refused, repeated or redelivered: answered at once (None), or
     the payment to charge again (its attempt counted)."""
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         # No inbox lookup first: an event already handled finds its payment settled,
         # and the inbox record below refuses it a second answer.
         if problem is not None:
@@ -300,7 +300,7 @@ async def settle_charge(
         )
 
     async def count_attempt() -> bool:
-        async with ctx.engine.begin() as session:
+        async with db.transaction(ctx.engine) as session:
             return await repository.begin_attempt(session, payment_id=payment.id)
 
     what = f"payment {payment.id} for order {payment.order_id}"
@@ -310,7 +310,7 @@ async def settle_charge(
     except _Failed as exc:
         result, problem = None, str(exc)
 
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         if caused_by is not None and not await inbox.record(session, SERVICE, caused_by.event_id):
             return None
         if result is None:
@@ -363,7 +363,7 @@ async def settle_charge(
 
 async def refund_requested_payment(envelope: Envelope, ctx: ServiceContext) -> None:
     request = PaymentRefundRequested.model_validate(envelope.payload)
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         if await inbox.seen(session, SERVICE, envelope.event_id):
             return
         payment = await repository.get_by_order(session, order_id=request.order_id, for_update=True)
@@ -401,7 +401,7 @@ async def complete_refund(
         return await provider.refund(charge_id=charge_id, idempotency_key=domain.refund_key(payment.idempotency_key))
 
     result = await _call_with_retries(ctx, refund, what=f"refund of payment {payment.id}")
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         if caused_by is not None and not await inbox.record(session, SERVICE, caused_by.event_id):
             return None
         refunded = await repository.mark_refunded(session, payment_id=payment.id, refund_id=result.refund_id)
@@ -419,14 +419,14 @@ async def resume_once(ctx: ServiceContext, *, older_than: float | None = None) -
     """Drive on charges and refunds that stalled (their handler crashed, their message
     was parked); returns how many it took. Safe with replicas (SKIP LOCKED + lease)."""
     stalled_after = domain.RetryPolicy.from_settings(ctx.settings).stalled_after if older_than is None else older_than
-    async with autocommit(ctx.engine) as conn:  # each claim is one statement
+    async with db.autocommit(ctx.engine) as conn:  # each claim is one statement
         charges = await repository.claim_stalled_charges(conn, older_than=stalled_after)
         refunds = await repository.claim_pending_refunds(conn, older_than=stalled_after)
     for payment in charges:
         log.warning(
             "payment %s for order %s stalled while processing; resuming", payment.id, payment.order_id, extra=_extra()
         )
-        async with ctx.engine.begin() as session:
+        async with db.transaction(ctx.engine) as session:
             if not await repository.begin_attempt(session, payment_id=payment.id):
                 continue
         await settle_charge(ctx, payment, caused_by=None)

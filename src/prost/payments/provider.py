@@ -33,13 +33,12 @@ from decimal import Decimal
 from typing import Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from prost.kit import cards
-from prost.kit.db import autocommit
+from prost.kit import cards, db
+from prost.kit.db import Session, Sql
 from prost.kit.service import ServiceContext
-from prost.payments.tables import card_tokens, provider_charges
+from prost.payments.tables import provider_charges
 
 # -- the port ----------------------------------------------------------------------
 
@@ -275,30 +274,29 @@ class PostgresLedger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    _ADD_CARD = sa.insert(card_tokens)  # the values come as parameters (statements built once)
+    _ADD_CARD = Sql(
+        "INSERT INTO payments.card_tokens (token, last4, brand, exp_month, exp_year, outcome) "
+        "VALUES (:token, :last4, :brand, :exp_month, :exp_year, :outcome)"
+    )
+    _CARD = Sql(
+        "SELECT token, last4, brand, exp_month, exp_year, outcome FROM payments.card_tokens WHERE token = :token"
+    )
 
     async def add_card(self, card: VaultCard) -> None:
-        values = {
-            "token": card.token,
-            "last4": card.last4,
-            "brand": card.brand,
-            "exp_month": card.exp_month,
-            "exp_year": card.exp_year,
-            "outcome": card.outcome,
-        }
-        async with autocommit(self.engine) as conn:
-            await conn.execute(self._ADD_CARD, values)
+        async with db.autocommit(self.engine) as session:
+            await session.run(
+                self._ADD_CARD,
+                token=card.token,
+                last4=card.last4,
+                brand=card.brand,
+                exp_month=card.exp_month,
+                exp_year=card.exp_year,
+                outcome=card.outcome,
+            )
 
     async def card(self, token: str) -> VaultCard | None:
-        t = card_tokens
-        async with autocommit(self.engine) as conn:
-            row = (
-                await conn.execute(
-                    sa.select(t.c.token, t.c.last4, t.c.brand, t.c.exp_month, t.c.exp_year, t.c.outcome).where(
-                        t.c.token == token
-                    )
-                )
-            ).first()
+        async with db.autocommit(self.engine) as session:
+            row = await session.fetchrow(self._CARD, token=token)
         return VaultCard(*row) if row is not None else None
 
     _COLUMNS = (
@@ -324,31 +322,23 @@ class PostgresLedger:
             values["refunded_at"] = sa.func.now()
         return values
 
-    _INSERT = (
-        pg.insert(provider_charges)
-        .values(
-            {
-                **{f: sa.bindparam(f) for f in ("idempotency_key", *_CHANGES)},
-                "updated_at": sa.func.now(),
-                "refunded_at": sa.case((sa.bindparam("refunded", type_=sa.Boolean), sa.func.now())),
-            }
-        )
-        .on_conflict_do_nothing(index_elements=[provider_charges.c.idempotency_key])
-        .returning(provider_charges.c.idempotency_key)
+    _INSERT = Sql(
+        f"INSERT INTO payments.provider_charges (idempotency_key, {', '.join(_CHANGES)}, updated_at, refunded_at) "
+        f"VALUES (:idempotency_key, {', '.join(':' + f for f in _CHANGES)}, now(), CASE WHEN :refunded THEN now() END) "
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
     )
 
-    async def _insert(self, conn: AsyncConnection, record: ChargeRecord) -> bool:
+    async def _insert(self, session: Session, record: ChargeRecord) -> bool:
         params = {f: getattr(record, f) for f in ("idempotency_key", *self._CHANGES)}
-        params["refunded"] = record.refund_id is not None
-        inserted = await conn.execute(self._INSERT, params)
-        return inserted.first() is not None
+        inserted = await session.fetchrow(self._INSERT, **params, refunded=record.refund_id is not None)
+        return inserted is not None
 
     async def _update(self, where: sa.ColumnElement[bool], decide: Decide) -> ChargeRecord:
         t = provider_charges
         # Two first calls for one key can both find no row; the loser of the insert
         # race goes round again and then waits on the winner's row lock.
         while True:
-            async with self.engine.begin() as conn:
+            async with db.transaction(self.engine) as conn:
                 row = (await conn.execute(sa.select(*self._COLUMNS).where(where).with_for_update())).first()
                 current = ChargeRecord(*row) if row is not None else None
                 record = decide(current)
@@ -372,7 +362,7 @@ class PostgresLedger:
         except ProviderRejected:
             fresh = None
         if fresh is not None and fresh.idempotency_key == idempotency_key:
-            async with autocommit(self.engine) as conn:
+            async with db.autocommit(self.engine) as conn:
                 if await self._insert(conn, fresh):
                     return fresh
         return await self._update(provider_charges.c.idempotency_key == idempotency_key, decide)

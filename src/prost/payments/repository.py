@@ -14,9 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 
-from prost.kit.db import Session
+from prost.kit import db
+from prost.kit.db import Session, Sql
 from prost.payments import domain
 from prost.payments.tables import payments
 
@@ -43,8 +43,12 @@ class KeyConflict(Exception):
     """The idempotency key already belongs to another order's payment."""
 
 
+_RETURNING = "RETURNING " + ", ".join(c.name for c in _COLUMNS)
+
+
 def _payment(row: Any) -> domain.Payment:
-    return domain.Payment(**row._mapping)
+    """A payment from a row of `_COLUMNS`, read either way (`Sql` or Core)."""
+    return domain.Payment(**db.mapping(row))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,37 +63,27 @@ class NewPayment:
     card_token: str
 
 
-_ADD = (
-    pg.insert(payments)
-    .values(
-        id=sa.bindparam("id"),
-        order_id=sa.bindparam("order_id"),
-        user_id=sa.bindparam("user_id"),
-        amount=sa.bindparam("amount"),
-        currency=sa.bindparam("currency"),
-        status=domain.PROCESSING,
-        idempotency_key=sa.bindparam("idempotency_key"),
-        card_token=sa.bindparam("card_token"),
-        attempts=1,
-    )
-    .on_conflict_do_nothing()
-    .returning(*_COLUMNS)
+_ADD = Sql(
+    "INSERT INTO payments.payments (id, order_id, user_id, amount, currency, status, idempotency_key, card_token,"
+    " attempts) VALUES (:id, :order_id, :user_id, :amount, :currency, :status, :idempotency_key, :card_token, 1)"
+    " ON CONFLICT DO NOTHING " + _RETURNING
 )
 
 
 async def add(session: Session, new: NewPayment) -> domain.Payment | None:
     """The order's payment, created `processing` (its first attempt counted); None when
     the order already has one (or the key belongs to another order's). One statement."""
-    params = {
-        "id": uuid.uuid4(),
-        "order_id": new.order_id,
-        "user_id": new.user_id,
-        "amount": new.amount,
-        "currency": new.currency,
-        "idempotency_key": new.idempotency_key,
-        "card_token": new.card_token,
-    }
-    inserted = (await session.execute(_ADD, params)).first()
+    inserted = await session.fetchrow(
+        _ADD,
+        id=uuid.uuid4(),
+        order_id=new.order_id,
+        user_id=new.user_id,
+        amount=new.amount,
+        currency=new.currency,
+        status=domain.PROCESSING,
+        idempotency_key=new.idempotency_key,
+        card_token=new.card_token,
+    )
     return _payment(inserted) if inserted is not None else None
 
 
@@ -128,20 +122,12 @@ async def begin_attempt(session: Session, *, payment_id: uuid.UUID) -> bool:
     return done.first() is not None
 
 
-_SETTLE = (
-    sa.update(payments)
-    .where(payments.c.id == sa.bindparam("payment_id"), payments.c.status == domain.PROCESSING)
-    .values(
-        status=sa.bindparam("status"),
-        failure_reason=sa.bindparam("failure_reason"),
-        provider_charge_id=sa.bindparam("charge_id"),
-        # The card's last four and brand, when the provider told them; else as they were.
-        last4=sa.func.coalesce(sa.bindparam("last4", type_=payments.c.last4.type), payments.c.last4),
-        brand=sa.func.coalesce(sa.bindparam("brand", type_=payments.c.brand.type), payments.c.brand),
-        updated_at=sa.func.now(),
-        settled_at=sa.func.now(),
-    )
-    .returning(*_COLUMNS)
+# The card's last four and brand, when the provider told them; else as they were.
+_SETTLE = Sql(
+    "UPDATE payments.payments SET status = :status, failure_reason = :failure_reason,"
+    " provider_charge_id = :charge_id, last4 = coalesce(:last4, last4), brand = coalesce(:brand, brand),"
+    " updated_at = now(), settled_at = now()"
+    " WHERE id = :payment_id AND status = :processing " + _RETURNING
 )
 
 
@@ -156,15 +142,16 @@ async def settle(
     brand: str | None = None,
 ) -> domain.Payment | None:
     """Record the charge's outcome; None when the payment had already left `processing`."""
-    params = {
-        "payment_id": payment_id,
-        "status": status,
-        "failure_reason": failure_reason,
-        "charge_id": charge_id,
-        "last4": last4,
-        "brand": brand,
-    }
-    row = (await session.execute(_SETTLE, params)).first()
+    row = await session.fetchrow(
+        _SETTLE,
+        payment_id=payment_id,
+        processing=domain.PROCESSING,
+        status=status,
+        failure_reason=failure_reason,
+        charge_id=charge_id,
+        last4=last4,
+        brand=brand,
+    )
     return _payment(row) if row is not None else None
 
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.contracts.users import UserCredentialsChanged, UserRegistered
-from prost.kit import outbox
+from prost.kit import db, outbox
 from prost.kit.messages import Envelope
 from prost.users import domain
 from prost.users.passwords import PasswordHasher
@@ -44,7 +44,7 @@ async def ensure_admin(
     email = domain.normalize_email(email)
     domain.check_new_password(password)
     new_hash = await hasher.hash(password)
-    async with engine.connect() as conn:
+    async with db.autocommit(engine) as conn:
         existing = await UserRepository(conn).get_by_email(email)
     # Check the current password off the loop before the transaction, not inside it.
     same_password = existing is not None and await hasher.verify(password, existing.password_hash)
@@ -74,7 +74,7 @@ async def _ensure(
     same_password: bool,
     existing: UserRow | None,
 ) -> AdminResult:
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(_LOCK, 0))))
         repo = UserRepository(session)
         user = await repo.get_by_email(email)

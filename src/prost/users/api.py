@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Request, status
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from prost.contracts.users import UserCredentialsChanged, UserRegistered
-from prost.kit import outbox
+from prost.kit import db, outbox
 from prost.kit.auth import CurrentUser
 from prost.kit.db import Session
 from prost.kit.errors import RateLimited
@@ -123,7 +123,7 @@ def attempt_keys(*, account: str, address: str) -> list[AttemptKey]:
 async def finish_attempt(ctx: ServiceContext, attempt_ids: list[int], *, ok: bool) -> None:
     """A right password was no failure: forget its attempt rows; a wrong one's stay."""
     if ok:
-        async with ctx.engine.begin() as session:
+        async with db.transaction(ctx.engine) as session:
             await LoginAttemptRepository(session, login_limits(ctx)).close(attempt_ids)
 
 
@@ -136,7 +136,7 @@ _RATE_LIMITED: dict[int | str, dict[str, Any]] = {429: {"description": "too many
 async def register(body: UserCreate, ctx: Ctx) -> dict[str, object]:
     """Create a customer account (role is always `customer`) and announce `user.registered`."""
     password_hash = await password_hasher(ctx).hash(body.password)
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         user = await UserRepository(session).add(
             email=body.email, username=body.username, password_hash=password_hash, role=domain.ROLE_CUSTOMER
         )
@@ -154,7 +154,7 @@ async def announce_registered(session: Session, user: UserRow) -> None:
 async def login(body: LoginRequest, request: Request, ctx: Ctx) -> dict[str, object]:
     """A bearer token for a right email and password; the same 401 for anything else."""
     email = domain.lookup_email(body.email)
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         user = await UserRepository(session).get_by_email(email)
         attempt_ids = await LoginAttemptRepository(session, login_limits(ctx)).open(
             attempt_keys(account=email, address=client_address(request))
@@ -182,7 +182,7 @@ async def login(body: LoginRequest, request: Request, ctx: Ctx) -> dict[str, obj
 @router.get("/profile/{user_id}", response_model=UserPublic, summary="Read a profile (own, or any as admin)")
 async def read_profile(user_id: uuid.UUID, principal: CurrentUser, ctx: Ctx) -> dict[str, object]:
     domain.check_can_read(principal, user_id)
-    async with ctx.engine.connect() as conn:
+    async with db.autocommit(ctx.engine) as conn:
         repo = UserRepository(conn)
         user = await repo.get(user_id)
         me = user if principal.id == user_id else await repo.get(principal.id)
@@ -206,7 +206,7 @@ async def update_profile(
     user_id: uuid.UUID, body: UserUpdate, principal: CurrentUser, request: Request, ctx: Ctx
 ) -> dict[str, object]:
     domain.check_can_change(principal, user_id)
-    async with ctx.engine.connect() as conn:
+    async with db.autocommit(ctx.engine) as conn:
         current = await UserRepository(conn).get(user_id)
     if current is None:
         raise domain.TokenOutdated("token revoked: the account no longer exists")
@@ -227,7 +227,7 @@ async def update_profile(
             raise domain.CurrentPasswordRequired
         keys = attempt_keys(account=current.email, address=client_address(request))
         try:
-            async with ctx.engine.begin() as session:
+            async with db.transaction(ctx.engine) as session:
                 attempt_ids = await LoginAttemptRepository(session, login_limits(ctx)).open(keys)
         except RateLimited as exc:
             raise RateLimited("too many wrong passwords; try again later", retry_after=exc.retry_after) from exc
@@ -238,7 +238,7 @@ async def update_profile(
         if change.password is not None:
             password_hash = await password_hasher(ctx).hash(change.password)
 
-    async with ctx.engine.begin() as session:
+    async with db.transaction(ctx.engine) as session:
         repo = UserRepository(session)
         locked = await repo.get(user_id, for_update=True)
         if locked is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from prost.kit import db
 from prost.kit.service import ServiceContext, ServiceDefinition
 from prost.users import api, handlers, internal
 from prost.users.admin import ensure_admin
@@ -29,7 +30,7 @@ async def warm_password_pool(ctx: ServiceContext) -> None:
 async def load_token_revocations(ctx: ServiceContext) -> None:
     if ctx.auth.revocations is None:
         return
-    async with ctx.engine.connect() as conn:
+    async with db.autocommit(ctx.engine) as conn:
         for user_id, version in await UserRepository(conn).changed_credentials():
             ctx.auth.revocations.revoke_before(user_id, version)
 
@@ -49,7 +50,7 @@ async def purge_login_attempts(ctx: ServiceContext) -> None:
     """Delete login attempts older than the window; any number of replicas may run it."""
     limits = api.login_limits(ctx)
     while True:
-        async with ctx.engine.begin() as session:
+        async with db.transaction(ctx.engine) as session:
             await LoginAttemptRepository(session, limits).purge()
         await asyncio.sleep(PURGE_EVERY_SECONDS)
 

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from prost.kit import db
 from prost.kit.auth import ServiceCaller
 from prost.kit.service import ServiceContext, context_dependency
 from prost.users.repository import UserRepository
@@ -23,6 +24,6 @@ router = APIRouter(prefix="/internal/users", include_in_schema=False)
 
 @router.get("/credential-versions")
 async def credential_versions(ctx: Ctx, _caller: ServiceCaller) -> dict[str, list[dict[str, object]]]:
-    async with ctx.engine.connect() as conn:
+    async with db.autocommit(ctx.engine) as conn:
         rows = await UserRepository(conn).changed_credentials()
     return {"items": [{"user_id": str(user_id), "version": version} for user_id, version in rows]}

@@ -20,6 +20,7 @@ from prost.cart.repository import CartRepository, SagaRepository
 from prost.cart.tables import carts, inventory_locks, saga_states
 from prost.contracts.catalog import StockLine, StockReleased
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced
+from prost.kit import db
 from prost.kit.inbox import Inbox
 from prost.kit.messages import Envelope, Event
 from prost.runtime.host import handler_for
@@ -42,7 +43,7 @@ class Checkout:
         self.cart_id = uuid.uuid4()
 
     async def open_cart(self, *, expires_in: float = 600) -> None:
-        async with self.engine.begin() as s:
+        async with db.transaction(self.engine) as s:
             await CartRepository.add_open(s, user_id=self.user_id)
             cart = await CartRepository.get_current(s, user_id=self.user_id)
             assert cart is not None
@@ -56,7 +57,7 @@ class Checkout:
 
     async def start(self, *, placed: bool = True) -> None:
         """The checkout as the API leaves it: saga `starting`, or `placed` and the cart checked out."""
-        async with self.engine.begin() as s:
+        async with db.transaction(self.engine) as s:
             lines = [{"product_id": str(self.product_id), "quantity": 2}]
             saga = await SagaRepository.add(
                 s, cart_id=self.cart_id, order_id=self.order_id, user_id=self.user_id, lines=lines
@@ -114,7 +115,7 @@ class Checkout:
         return [StockLine(product_id=self.product_id, quantity=2)]
 
     async def carts(self) -> list[tuple[uuid.UUID, str]]:
-        async with self.engine.connect() as c:
+        async with db.autocommit(self.engine) as c:
             rows = (
                 await c.execute(
                     sa.select(carts.c.id, carts.c.status)
@@ -125,7 +126,7 @@ class Checkout:
         return [(r.id, r.status) for r in rows]
 
     async def saga(self) -> tuple[str, str | None]:
-        async with self.engine.connect() as c:
+        async with db.autocommit(self.engine) as c:
             row = (
                 await c.execute(
                     sa.select(saga_states.c.status, saga_states.c.failure_reason).where(
@@ -136,7 +137,7 @@ class Checkout:
         return row.status, row.failure_reason
 
     async def lock(self) -> str:
-        async with self.engine.connect() as c:
+        async with db.autocommit(self.engine) as c:
             status: str = (
                 await c.execute(
                     sa.select(inventory_locks.c.status).where(
@@ -181,7 +182,7 @@ async def test_a_cancelled_order_reopens_the_cart_once_and_asks_for_its_holds_ag
     assert await c.lock() == "pending"
     assert await c.saga() == ("cancelled", "payment_declined")
     # The re-hold loop found no stock; a repeated cancellation does not reset that.
-    async with engine.begin() as s:
+    async with db.transaction(engine) as s:
         await CartRepository.set_locks(s, cart_id=c.cart_id, status=LockStatus.UNAVAILABLE)
     await c.deliver(c.cancelled())
     await c.deliver(c.confirmed())  # stale, reordered: ignored

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.catalog.repository import CategoryRepository, ProductRepository
+from prost.kit import db
 
 from helpers import admin_token, bearer
 
@@ -22,7 +23,7 @@ def tag() -> str:
 
 async def make_product(engine: AsyncEngine, *, stock: int = 10, price: str = "9.99", **fields: Any) -> uuid.UUID:
     """A product made through the repository (no HTTP, no event)."""
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         row = await ProductRepository(session).add(
             sku=fields.pop("sku", f"T-{tag()}"),
             name=fields.pop("name", f"Test product {tag()}"),
@@ -37,7 +38,7 @@ async def make_product(engine: AsyncEngine, *, stock: int = 10, price: str = "9.
 
 async def make_category(engine: AsyncEngine) -> uuid.UUID:
     t = tag()
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         return (await CategoryRepository(session).add(name=f"Category {t}", slug=f"cat-{t}")).id
 
 

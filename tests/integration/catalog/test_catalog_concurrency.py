@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.catalog import domain, inventory
 from prost.catalog.repository import run_in_transaction
+from prost.kit import db
 from prost.kit.db import Session, create_engine
 
 
@@ -32,7 +33,7 @@ async def racing_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 async def attempt(engine: AsyncEngine, fn: Callable[[Session], Awaitable[Any]]) -> Any:
     """One racer: its own transaction, no retry (a deadlock would surface here)."""
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         return await fn(session)
 
 
@@ -197,7 +198,7 @@ async def test_a_commit_and_an_expiry_racing_two_hundred_times_never_both_happen
     outcomes: dict[tuple[str, int], int] = {}
     for i in range(rounds):
         order = uuid.uuid4()
-        async with racing_engine.begin() as s:
+        async with db.transaction(racing_engine) as s:
             await inventory.reserve_for_order(s, order_id=order, lines=[(pid, 2)], cart_id=None, ttl_seconds=600)
             await s.execute(
                 sa.text(
@@ -297,7 +298,7 @@ async def test_random_interleavings_keep_the_stock_invariants(
             elif op == "release":
                 await run_in_transaction(engine, lambda s: inventory.release_order(s, order_id=order))
             elif op == "expire":
-                async with engine.begin() as s:
+                async with db.transaction(engine) as s:
                     await s.execute(
                         sa.text(
                             "UPDATE catalog.inventory_reservations SET expires_at = now() - interval '1 second' "

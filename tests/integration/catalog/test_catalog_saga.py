@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from prost.catalog import handlers, inventory
 from prost.catalog.repository import ProductRepository
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced, PaymentRequested
-from prost.kit import inbox
+from prost.kit import db, inbox
 from prost.kit.messages import Envelope, Event
 from prost.kit.service import Raw
 from prost.kit.settings import Settings
@@ -88,7 +88,7 @@ def payment_requested(order_id: uuid.UUID) -> PaymentRequested:
 
 
 async def hold(engine: AsyncEngine, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int) -> None:
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await inventory.set_hold(session, cart_id=cart_id, product_id=product_id, quantity=quantity, ttl_seconds=600)
 
 
@@ -148,7 +148,7 @@ async def test_an_order_with_a_short_line_reserves_nothing_and_names_the_short_l
 
 async def test_an_unknown_or_inactive_product_makes_the_order_fail(engine: AsyncEngine) -> None:
     a = await make_product(engine, stock=5)
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await ProductRepository(session).update(a, {"active": False})
     unknown = uuid.uuid4()
     order = uuid.uuid4()
@@ -332,7 +332,7 @@ async def test_a_confirmation_after_expiry_takes_the_units_from_free_stock(engin
     order = uuid.uuid4()
     await deliver(engine, placed(order, (a, 2)))
     await expire_now(engine, owner_id=order)
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await inventory.sweep_expired(session)
     await deliver(engine, confirmed(order, (a, 2)))
     c = await counters(engine, a)
@@ -383,7 +383,7 @@ async def test_expired_holds_and_reservations_are_announced_to_their_owners(engi
     await deliver(engine, placed(order, (a, 2)))
     await expire_now(engine, owner_id=cart)
     await expire_now(engine, owner_id=order)
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await inventory.sweep_expired(session)
     [for_cart] = await outbox_events(engine, "stock.released", owner_id=str(cart))
     assert (for_cart["kind"], for_cart["order_id"], for_cart["reason"], for_cart["lines"]) == (
@@ -395,7 +395,7 @@ async def test_expired_holds_and_reservations_are_announced_to_their_owners(engi
     [for_order] = await outbox_events(engine, "stock.released", owner_id=str(order))
     assert (for_order["kind"], for_order["order_id"], for_order["reason"]) == ("order", str(order), "expired")
     assert (await counters(engine, a))["reserved"] == 0
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await inventory.sweep_expired(session)
     assert len(await outbox_events(engine, "stock.released", owner_id=str(cart))) == 1
 

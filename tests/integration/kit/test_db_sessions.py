@@ -1,52 +1,129 @@
-"""`kit.db.autocommit`: each statement is a transaction of its own, and the connection
-goes back to the pool in the engine's usual mode."""
+"""`kit.db`'s unit of work: `transaction` (ours, over asyncpg, shared by `Sql` and Core
+statements) and `autocommit` (each statement a transaction of its own)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from prost.kit.db import autocommit, create_engine
+from prost.kit import db
+from prost.kit.db import Session, Sql, create_engine
 
 
-async def test_each_statement_commits_by_itself(engine: AsyncEngine) -> None:
-    table = f"autocommit_{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+async def table(engine: AsyncEngine) -> AsyncIterator[str]:
+    name = f"uow_{uuid.uuid4().hex[:8]}"
     async with engine.begin() as conn:
-        await conn.execute(sa.text(f"CREATE TABLE {table} (n int PRIMARY KEY)"))
-    try:
-        async with autocommit(engine) as conn:
-            await conn.execute(sa.text(f"INSERT INTO {table} VALUES (1)"))
-            # Seen by another connection at once: no transaction block is open.
-            async with engine.connect() as other:
-                assert await other.scalar(sa.text(f"SELECT count(*) FROM {table}")) == 1
-            with pytest.raises(sa.exc.IntegrityError):
-                await conn.execute(sa.text(f"INSERT INTO {table} VALUES (1)"))
-        async with engine.connect() as conn:
-            assert await conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) == 1
-    finally:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(f"DROP TABLE {table}"))
+        await conn.execute(sa.text(f"CREATE TABLE {name} (n int PRIMARY KEY)"))
+    yield name
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(f"DROP TABLE {name}"))
 
 
-async def transaction_times(conn: AsyncConnection) -> tuple[object, object]:
+@pytest.fixture
+async def one_connection(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine whose pool holds exactly one connection: what a block leaves behind,
+    the next block gets."""
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    yield engine
+    await engine.dispose()
+
+
+async def count(engine: AsyncEngine, table: str) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+async def transaction_times(session: Session) -> tuple[object, object]:
     """`now()` twice, a moment apart: the same value inside one transaction."""
-    first = await conn.scalar(sa.text("SELECT now()"))
+    first = await session.fetchval(Sql("SELECT now()"))
     await asyncio.sleep(0.01)
-    return first, await conn.scalar(sa.text("SELECT now()"))
+    return first, await session.scalar(sa.text("SELECT now()"))
 
 
-async def test_the_connection_returns_to_transactions_afterwards(database_url: str) -> None:
-    one = create_engine(database_url, pool_size=1, max_overflow=0)
-    try:
-        async with autocommit(one) as conn:
-            first, second = await transaction_times(conn)
-            assert first != second  # two statements, two transactions
-        async with one.connect() as conn:  # the same pooled connection
-            first, second = await transaction_times(conn)
-            assert first == second
-    finally:
-        await one.dispose()
+async def test_sql_and_core_statements_commit_together(engine: AsyncEngine, table: str) -> None:
+    async with db.transaction(engine) as session:
+        await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=1)
+        await session.execute(sa.text(f"INSERT INTO {table} VALUES (:n)"), {"n": 2})
+        assert await count(engine, table) == 0  # not before the commit
+        first, second = await transaction_times(session)
+        assert first == second  # one transaction, whichever way a statement went
+    assert await count(engine, table) == 2
+
+
+async def test_an_error_rolls_back_both_kinds_of_statement(engine: AsyncEngine, table: str) -> None:
+    async def change_then_fail() -> None:
+        async with db.transaction(engine) as session:
+            await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=1)
+            await session.execute(sa.text(f"INSERT INTO {table} VALUES (:n)"), {"n": 2})
+            raise ValueError("changed my mind")
+
+    with pytest.raises(ValueError, match="changed my mind"):
+        await change_then_fail()
+    assert await count(engine, table) == 0
+
+
+async def test_a_cancelled_block_is_cancelled_and_its_connection_comes_back_clean(
+    one_connection: AsyncEngine, table: str
+) -> None:
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        async with db.transaction(one_connection) as session:
+            await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=1)
+            started.set()
+            await session.fetchval(Sql("SELECT pg_sleep(30)"))
+
+    task = asyncio.create_task(slow())
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await count(one_connection, table) == 0
+    async with db.transaction(one_connection) as session:  # the pool's one connection again
+        first, second = await transaction_times(session)
+        assert first == second
+
+
+async def test_a_failure_on_a_dead_connection_raises_the_first_error_and_the_pool_heals(
+    one_connection: AsyncEngine, table: str
+) -> None:
+    """A block that fails after its connection died raises its own error, not the
+    rollback's (which would hide it, or turn a cancellation into a crash)."""
+
+    async def fail_on_a_dead_connection() -> None:
+        async with db.transaction(one_connection) as session:
+            session.driver.terminate()
+            raise ValueError("the real problem")
+
+    with pytest.raises(ValueError, match="the real problem"):
+        await fail_on_a_dead_connection()
+    async with db.transaction(one_connection) as session:
+        await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=7)
+    assert await count(one_connection, table) == 1
+
+
+async def test_each_autocommit_statement_commits_by_itself(engine: AsyncEngine, table: str) -> None:
+    async with db.autocommit(engine) as session:
+        await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=1)
+        assert await count(engine, table) == 1  # seen at once: no transaction block is open
+        with pytest.raises(sa.exc.IntegrityError):
+            await session.execute(sa.text(f"INSERT INTO {table} VALUES (1)"))
+        first, second = await transaction_times(session)
+        assert first != second  # two statements, two transactions
+    assert await count(engine, table) == 1
+
+
+async def test_the_connection_returns_to_transactions_after_autocommit(one_connection: AsyncEngine) -> None:
+    async with db.autocommit(one_connection) as session:
+        await session.scalar(sa.text("SELECT 1"))  # switches the Core connection to AUTOCOMMIT
+    async with one_connection.connect() as conn:  # the same pooled connection, SQLAlchemy's own way
+        first = await conn.scalar(sa.text("SELECT now()"))
+        await asyncio.sleep(0.01)
+        assert await conn.scalar(sa.text("SELECT now()")) == first

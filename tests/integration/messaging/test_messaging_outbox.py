@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from prost.kit import inbox, outbox
+from prost.kit import db, inbox, outbox
 from prost.kit.bus.base import MessageBus, PublishError
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
@@ -31,7 +31,7 @@ async def unsent(engine: AsyncEngine, schema: str) -> list[tuple[uuid.UUID, int,
 
 
 async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> None:
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await outbox.add_all_to_outbox(session, envelopes)
 
 
@@ -47,11 +47,11 @@ async def counting_orders_service(engine: AsyncEngine, harness: Harness) -> tupl
 async def test_outbox_row_commits_with_the_transaction_or_not_at_all(engine: AsyncEngine, harness: Harness) -> None:
     await clear_outbox(engine, "msg_a")
     kept, dropped = envelope("order.placed"), envelope("order.placed")
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await outbox.add_to_outbox(session, kept)
 
     async def failing_change() -> None:
-        async with engine.begin() as session:
+        async with db.transaction(engine) as session:
             await outbox.add_to_outbox(session, dropped)
             raise RuntimeError("the change failed")
 
@@ -235,7 +235,7 @@ async def test_failed_handler_rolls_back_its_effect_and_is_not_marked_processed(
 
 async def test_inbox_record_is_per_service(engine: AsyncEngine) -> None:
     event_id = uuid.uuid4()
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         assert await inbox.record(session, "one", event_id, schema="msg_a") is True
         assert await inbox.record(session, "two", event_id, schema="msg_a") is True
         assert await inbox.record(session, "one", event_id, schema="msg_a") is False

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from prost.kit import outbox
+from prost.kit import db, outbox
 from prost.kit.bus.base import MessageBus, PublishError
 from prost.kit.bus.memory import MemoryBus
 from prost.kit.messages import Envelope
@@ -82,7 +82,7 @@ async def running(*relays: outbox.OutboxRelay) -> AsyncIterator[None]:
 
 async def write_stream(engine: AsyncEngine, envelopes: Sequence[Envelope], *, chunk: int, pause: float = 0.0) -> None:
     for start in range(0, len(envelopes), chunk):
-        async with engine.begin() as session:
+        async with db.transaction(engine) as session:
             await outbox.add_all_to_outbox(session, envelopes[start : start + chunk])
         if pause:
             await asyncio.sleep(pause)

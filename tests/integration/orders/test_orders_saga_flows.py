@@ -38,7 +38,7 @@ from orders_support import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.contracts.payments import PaymentFailed, PaymentProcessed
-from prost.kit import outbox
+from prost.kit import db, outbox
 from prost.kit.db import create_engine
 from prost.kit.messages import Envelope
 from prost.kit.settings import Settings
@@ -254,7 +254,7 @@ async def test_a_duplicate_payment_failed_releases_the_stock_once(
         producer="payments",
         correlation_id=order["id"],
     )
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await outbox.add_to_outbox(session, again)
         dup = Envelope.model_validate(original)
         await session.execute(
@@ -297,7 +297,7 @@ async def test_a_duplicate_payment_processed_confirms_once(client: httpx.AsyncCl
         producer="payments",
         correlation_id=order["id"],
     )
-    async with engine.begin() as session:
+    async with db.transaction(engine) as session:
         await outbox.add_to_outbox(session, again)
 
     async def sent() -> bool:
@@ -533,18 +533,15 @@ async def test_a_saga_step_that_waited_for_the_lock_sees_what_the_holder_committ
     await settled_saga(client, token, order["id"])  # no step of its own may queue for the lock below
     order_id = uuid.UUID(order["id"])
 
-    async with engine.connect() as holder:
-        await holder.begin()
+    async with db.transaction(engine) as holder:
         before = await SagaRepository(holder).get_for_update(order_id)
         assert before is not None
         waiter_started = asyncio.Event()
 
         async def waiter() -> Any:
-            async with engine.connect() as conn, conn.begin():
+            async with db.transaction(engine) as conn:
                 waiter_started.set()
-                seen = await SagaRepository(conn).get_for_update(order_id)  # waits for `holder`
-                await conn.rollback()
-                return seen
+                return await SagaRepository(conn).get_for_update(order_id)  # waits for `holder`
 
         waiting = asyncio.create_task(waiter())
         await waiter_started.wait()
@@ -556,7 +553,6 @@ async def test_a_saga_step_that_waited_for_the_lock_sees_what_the_holder_committ
         await holder.execute(
             sa.text("UPDATE orders.saga_states SET version = version + 1 WHERE order_id = :o"), {"o": order_id}
         )
-        await holder.commit()
     seen = await waiting
     try:
         assert seen is not None
