@@ -9,13 +9,20 @@ any database lookup.
 
 Services call each other's internal endpoints with a short-lived token of role
 `service` signed with the same secret (`issue_service_token`).
+
+A token is checked once per process: the claims of a token whose signature, issuer
+and required claims passed are kept (`VERIFIED_CACHE_SIZE` tokens, the oldest
+forgotten first) and a later request with the very same token only has its expiry
+checked again. The signature of the same bytes under the same secret cannot change,
+so this refuses exactly what checking it again would; revocation is checked on every
+request, cached or not.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import jwt
@@ -26,6 +33,7 @@ from prost.kit.errors import Forbidden, Unauthorized
 ALGORITHM = "HS256"
 ISSUER = "prost-users-service"
 ROLES = ("customer", "admin")
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,8 @@ class TokenAuthority:
     secret: str
     ttl_seconds: int = 24 * 3600
     revocations: TokenRevocations | None = None
+    _verified: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    """Token -> its claims, for tokens whose signature was checked (see the module's docstring)."""
 
     def issue(self, *, user_id: uuid.UUID, email: str, username: str, role: str, version: int = 0) -> tuple[str, int]:
         now = int(time.time())
@@ -85,6 +95,12 @@ class TokenAuthority:
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
     def decode(self, token: str) -> dict[str, Any]:
+        known = self._verified.get(token)
+        if known is not None:
+            if known["exp"] <= time.time():
+                del self._verified[token]
+                raise Unauthorized("token expired")
+            return known
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -97,6 +113,9 @@ class TokenAuthority:
             raise Unauthorized("token expired") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized("invalid token") from exc
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = claims
         return claims
 
     def verify(self, token: str) -> Principal:

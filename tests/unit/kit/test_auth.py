@@ -14,6 +14,7 @@ import jwt
 import pytest
 from fastapi import APIRouter
 
+from prost.kit import auth
 from prost.kit.auth import ISSUER, AdminUser, CurrentUser, TokenAuthority, TokenRevocations
 from prost.kit.errors import Unauthorized
 from prost.kit.http import create_service_app
@@ -102,6 +103,44 @@ def test_a_token_older_than_the_announced_credentials_version_is_refused(authori
         authority.verify(old)
     new, _ = authority.issue(user_id=USER_ID, email="a@prost.test", username="ada", role="customer", version=2)
     assert authority.verify(new).version == 2
+
+
+@pytest.mark.parametrize("kind", list(forged_tokens()))
+def test_a_forged_token_is_refused_also_beside_a_checked_one(authority: TokenAuthority, kind: str) -> None:
+    """Tokens already checked are remembered; that must not let anything else through."""
+    good = jwt.encode(claims(), SECRET, algorithm="HS256")
+    assert authority.verify(good).id == USER_ID
+    assert authority.verify(good).id == USER_ID  # the remembered claims
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            authority.verify(forged_tokens()[kind])
+
+
+def test_a_checked_token_is_refused_once_it_expires(authority: TokenAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = jwt.encode(claims(exp=int(time.time()) + 60), SECRET, algorithm="HS256")
+    assert authority.verify(token).id == USER_ID
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthorized, match="expired"):
+        authority.verify(token)
+
+
+def test_a_checked_token_is_refused_once_revoked(authority: TokenAuthority) -> None:
+    token, _ = authority.issue(user_id=USER_ID, email="a@prost.test", username="ada", role="customer", version=1)
+    assert authority.verify(token).version == 1
+    assert authority.revocations is not None
+    authority.revocations.revoke_before(USER_ID, 2)
+    with pytest.raises(Unauthorized, match="revoked"):
+        authority.verify(token)
+
+
+def test_the_memory_of_checked_tokens_is_bounded(authority: TokenAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "VERIFIED_CACHE_SIZE", 3)
+    tokens = [jwt.encode(claims(ver=n), SECRET, algorithm="HS256") for n in range(5)]
+    for token in tokens:
+        authority.verify(token)
+    assert list(authority._verified) == tokens[2:]  # the oldest forgotten first
+    assert [authority.verify(t).version for t in tokens] == [0, 1, 2, 3, 4]  # forgotten is checked again
 
 
 def app_with_routes(authority: TokenAuthority) -> httpx.AsyncClient:
