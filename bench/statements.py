@@ -1,13 +1,19 @@
-"""What one statement costs the calling process, by the way it is issued: SQLAlchemy
-Core built on every call (as most repositories do), built once and reused, a driver
-SQL string through SQLAlchemy (`exec_driver_sql`), and — the baseline — the same SQL
-on the same asyncpg connection with no SQLAlchemy at all.
+"""What the database work of a saga step costs the calling process, by the way it is
+issued, in two measures:
+
+1. One statement, inside one open transaction: SQLAlchemy Core built on every call,
+   Core built once and reused, a driver SQL string through SQLAlchemy
+   (`exec_driver_sql`), prost's `kit.db.Sql` on the session, and — the floor — the same
+   SQL on the same asyncpg connection with nothing in between.
+2. One unit of work (a pooled connection, `BEGIN`, three statements, `COMMIT`):
+   SQLAlchemy's `engine.begin()` with Core built once (what prost did before its
+   unit of work was its own), prost's `db.transaction()` with `Sql`, and a bare
+   asyncpg pool (the floor).
 
 The statement is a typical saga write: an `UPDATE … WHERE id = … RETURNING` of one
-row by primary key, inside one open transaction (no `BEGIN`/`COMMIT` per statement),
-on a table of this run's own. CPU is the process's (user + system) per statement,
-which includes asyncpg's protocol work and the socket calls; wall time includes the
-round trip to PostgreSQL.
+row by primary key, on a table of this run's own. CPU is the process's (user +
+system), which includes asyncpg's protocol work and the socket calls; wall time
+includes the round trips to PostgreSQL.
 
     .venv/bin/python bench/statements.py [--database-url URL] [--n 3000]
 
@@ -26,13 +32,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from prost.kit.db import create_engine
+from prost.kit import db
+from prost.kit.db import Session, Sql, create_engine
 
 TABLE = f"bench_statements_{uuid.uuid4().hex[:8]}"
 ROWS = 50
+STATEMENTS_PER_UNIT = 3
 
 metadata = sa.MetaData()
 things = sa.Table(
@@ -43,6 +52,7 @@ things = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True)),
 )
 SQL = f"UPDATE {TABLE} SET n = n + 1, at = now() WHERE id = $1 RETURNING n, at"  # the table is this run's own
+PROST_SQL = Sql(f"UPDATE {TABLE} SET n = n + 1, at = now() WHERE id = :i RETURNING n, at")
 PREBUILT = (
     sa.update(things)
     .where(things.c.id == sa.bindparam("i"))
@@ -50,74 +60,111 @@ PREBUILT = (
     .returning(things.c.n, things.c.at)
 )
 
-
-async def built_each_call(conn: AsyncConnection, row: uuid.UUID) -> Any:
-    statement = (
-        sa.update(things)
-        .where(things.c.id == row)
-        .values(n=things.c.n + 1, at=sa.func.now())
-        .returning(things.c.n, things.c.at)
-    )
-    return (await conn.execute(statement)).one()
+Way = Callable[[uuid.UUID], Awaitable[Any]]
 
 
-async def built_once(conn: AsyncConnection, row: uuid.UUID) -> Any:
-    return (await conn.execute(PREBUILT, {"i": row})).one()
+def statement_ways(session: Session, core: AsyncConnection) -> dict[str, Way]:
+    async def asyncpg_only(row: uuid.UUID) -> Any:
+        return await session.driver.fetchrow(SQL, row)
+
+    async def prost_sql(row: uuid.UUID) -> Any:
+        return await session.fetchrow(PROST_SQL, i=row)
+
+    async def sqlalchemy_built_each_call(row: uuid.UUID) -> Any:
+        statement = (
+            sa.update(things)
+            .where(things.c.id == row)
+            .values(n=things.c.n + 1, at=sa.func.now())
+            .returning(things.c.n, things.c.at)
+        )
+        return (await core.execute(statement)).one()
+
+    async def sqlalchemy_built_once(row: uuid.UUID) -> Any:
+        return (await core.execute(PREBUILT, {"i": row})).one()
+
+    async def sqlalchemy_driver_sql(row: uuid.UUID) -> Any:
+        return (await core.exec_driver_sql(SQL, (row,))).one()
+
+    return {
+        "asyncpg_only": asyncpg_only,
+        "prost_sql": prost_sql,
+        "sqlalchemy_built_each_call": sqlalchemy_built_each_call,
+        "sqlalchemy_built_once": sqlalchemy_built_once,
+        "sqlalchemy_driver_sql": sqlalchemy_driver_sql,
+    }
 
 
-async def driver_sql(conn: AsyncConnection, row: uuid.UUID) -> Any:
-    return (await conn.exec_driver_sql(SQL, (row,))).one()
+def unit_of_work_ways(engine: AsyncEngine, pool: asyncpg.Pool) -> dict[str, Way]:
+    async def sqlalchemy_engine_begin(row: uuid.UUID) -> Any:
+        async with engine.begin() as conn:
+            for _ in range(STATEMENTS_PER_UNIT):
+                (await conn.execute(PREBUILT, {"i": row})).one()
+
+    async def prost_transaction(row: uuid.UUID) -> Any:
+        async with db.transaction(engine) as session:
+            for _ in range(STATEMENTS_PER_UNIT):
+                await session.fetchrow(PROST_SQL, i=row)
+
+    async def asyncpg_pool(row: uuid.UUID) -> Any:
+        async with pool.acquire() as conn, conn.transaction():
+            for _ in range(STATEMENTS_PER_UNIT):
+                await conn.fetchrow(SQL, row)
+
+    return {
+        "sqlalchemy_engine_begin": sqlalchemy_engine_begin,
+        "prost_transaction": prost_transaction,
+        "asyncpg_pool": asyncpg_pool,
+    }
 
 
-async def measure(
-    conn: AsyncConnection, ids: list[uuid.UUID], n: int, way: Callable[[AsyncConnection, uuid.UUID], Awaitable[Any]]
-) -> dict[str, float]:
+async def measure(ids: list[uuid.UUID], n: int, way: Way) -> dict[str, float]:
     for k in range(200):  # warm: statement caches, prepared statements
-        await way(conn, ids[k % len(ids)])
+        await way(ids[k % len(ids)])
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for k in range(n):
-        await way(conn, ids[k % len(ids)])
+        await way(ids[k % len(ids)])
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return {"cpu_us": round(cpu / n * 1e6, 1), "wall_us": round(wall / n * 1e6, 1)}
 
 
+async def measure_all(ways: dict[str, Way], ids: list[uuid.UUID], n: int, title: str) -> dict[str, dict[str, float]]:
+    results = {}
+    for name, way in ways.items():
+        results[name] = await measure(ids, n, way)
+        print(f"{title} {name}: {results[name]}", file=sys.stderr)
+    return results
+
+
+def ratios(results: dict[str, dict[str, float]], floor: str) -> dict[str, float]:
+    base = results[floor]["cpu_us"]
+    return {k: round(v["cpu_us"] / base, 2) for k, v in results.items()}
+
+
 async def run(url: str, n: int) -> dict[str, Any]:
     engine = create_engine(url, pool_size=1, max_overflow=0)
+    pool = await asyncpg.create_pool(db.async_url(url).replace("postgresql+asyncpg://", "postgresql://"), min_size=1)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
             ids = [uuid.uuid4() for _ in range(ROWS)]
             await conn.execute(sa.insert(things), [{"id": i, "n": 0} for i in ids])
-        results: dict[str, dict[str, float]] = {}
-        async with engine.begin() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
-
-            async def asyncpg_only(_conn: AsyncConnection, row: uuid.UUID) -> Any:
-                return await raw.fetchrow(SQL, row)
-
-            await conn.execute(sa.text("SELECT 1"))  # the transaction is open before the raw calls
-            ways = {
-                "asyncpg_only": asyncpg_only,
-                "sqlalchemy_built_each_call": built_each_call,
-                "sqlalchemy_built_once": built_once,
-                "sqlalchemy_driver_sql": driver_sql,
-            }
-            for name, way in ways.items():
-                results[name] = await measure(conn, ids, n, way)
-                print(f"{name}: {results[name]}", file=sys.stderr)
-        base = results["asyncpg_only"]["cpu_us"]
+        async with db.transaction(engine) as session:
+            statements = await measure_all(statement_ways(session, await session.core()), ids, n, "statement")
+        units = await measure_all(unit_of_work_ways(engine, pool), ids, n // STATEMENTS_PER_UNIT, "unit of work")
         return {
             "bench": "statements",
             "cpus": os.cpu_count(),
             "statements_each": n,
-            "per_statement": results,
-            "cpu_ratio_to_asyncpg": {k: round(v["cpu_us"] / base, 2) for k, v in results.items()},
+            "per_statement": statements,
+            "cpu_ratio_to_asyncpg": ratios(statements, "asyncpg_only"),
+            "per_unit_of_work": units,
+            "unit_cpu_ratio_to_asyncpg_pool": ratios(units, "asyncpg_pool"),
         }
     finally:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.drop_all)
         await engine.dispose()
+        await pool.close()
 
 
 def main() -> None:
