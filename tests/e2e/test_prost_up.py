@@ -10,8 +10,10 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from helpers import eventually
 from processes import ProstProcess, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -74,3 +76,26 @@ async def test_prost_up_serves_users_stops_cleanly_and_keeps_data_and_tokens(dat
         code = await second.stop(signal.SIGTERM)
     assert code == 0, second.tail()
     assert not (data_dir / "pg" / "postmaster.pid").exists()
+
+
+async def test_a_killed_prost_up_leaves_no_database_running_after_the_next_stop(data_dir: Path, tmp_path: Path) -> None:
+    """`kill -9` of `prost up` leaves its embedded PostgreSQL running (nothing was there
+    to stop it). The next `prost up` on the same directory takes the server over, and
+    its clean stop stops it: no PostgreSQL is left behind for good."""
+    port = free_port()
+    env = up_env(data_dir, port)
+    first = ProstProcess(["up"], env=env, log_path=tmp_path / "up-1.log", port=port)
+    await first.start()
+    assert first.proc is not None
+    first.proc.kill()  # prost alone, as kill -9 or the OOM killer would
+    await first.proc.wait()
+    postmaster = data_dir / "pg" / "postmaster.pid"
+    server_pid = int(postmaster.read_text().split()[0])
+    assert psutil.pid_exists(server_pid)  # orphaned, still serving
+
+    second = ProstProcess(["up"], env=env, log_path=tmp_path / "up-2.log", port=port)
+    await second.start()
+    code = await second.stop(signal.SIGTERM)
+    assert code == 0, second.tail()
+    await eventually(lambda: not psutil.pid_exists(server_pid), timeout=20)
+    assert not postmaster.exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -23,6 +25,7 @@ class EmbeddedPostgres:
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (self.pgdata / "PG_VERSION").exists()
+        await asyncio.to_thread(forget_dead_handles, self.pgdata)
         self._server = await asyncio.to_thread(get_server, self.pgdata, cleanup_mode="stop")
         if fresh:
             # A setting that needs a restart: made on the new cluster, then restarted.
@@ -37,3 +40,35 @@ class EmbeddedPostgres:
         if self._server is not None:
             await asyncio.to_thread(self._server.cleanup)
             self._server = None
+
+
+def forget_dead_handles(pgdata: Path) -> list[int]:
+    """Drop the processes that died holding the server from pgserver's list of them.
+
+    pgserver stops its server when the last process attached to it lets go, and keeps
+    who is attached as process ids in `<pgdata>/.handle_pids.json`. A process killed
+    without letting go (`kill -9`, the OOM killer, a power cut of the terminal) stays
+    listed for ever: no later stop is then the last one, and the server outlives every
+    `prost up` after it. Called before attaching, under pgserver's own inter-process
+    lock; returns the ids it dropped."""
+    from pgserver.postgres_server import PostgresServer  # type: ignore[import-untyped]
+
+    handles = pgdata / ".handle_pids.json"
+    with PostgresServer._lock:
+        if not handles.exists():
+            return []
+        listed = [int(pid) for pid in json.loads(handles.read_text())]
+        alive = [pid for pid in listed if _alive(pid)]
+        if alive != listed:
+            handles.write_text(json.dumps(alive))
+        return [pid for pid in listed if pid not in alive]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
