@@ -191,9 +191,12 @@ def mapping(row: asyncpg.Record | sa.Row[Any]) -> Mapping[str, Any]:
     return cast("Mapping[str, Any]", row._mapping if isinstance(row, sa.Row) else row)
 
 
-async def _driver_of(conn: AsyncConnection) -> asyncpg.Connection:
-    raw = await conn.get_raw_connection()
-    driver: asyncpg.Connection = raw.driver_connection
+def _driver_of(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection of a connection just checked out. Read straight off it:
+    `get_raw_connection()` would take a greenlet round for an attribute that is set."""
+    checked_out = conn.sync_connection
+    assert checked_out is not None  # set by `engine.connect()`
+    driver: asyncpg.Connection = checked_out.connection.driver_connection
     return driver
 
 
@@ -203,7 +206,7 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Session]:
     back when it raises. A connection whose transaction could not be ended (cancelled
     mid-`COMMIT`, the server gone) is thrown away, never given back to the pool open."""
     async with engine.connect() as conn:
-        driver = await _driver_of(conn)
+        driver = _driver_of(conn)
         tx = driver.transaction()
         await tx.start()
         try:
@@ -229,7 +232,7 @@ async def autocommit(engine: AsyncEngine) -> AsyncIterator[Session]:
     trip instead of three (`BEGIN`, the statement, `COMMIT`/`ROLLBACK`). Two statements
     on it are two transactions, so anything more goes in `transaction(engine)`."""
     async with engine.connect() as conn:
-        yield Session(conn, await _driver_of(conn))
+        yield Session(conn, _driver_of(conn))
 
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
