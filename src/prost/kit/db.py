@@ -191,38 +191,40 @@ def mapping(row: asyncpg.Record | sa.Row[Any]) -> Mapping[str, Any]:
     return cast("Mapping[str, Any]", row._mapping if isinstance(row, sa.Row) else row)
 
 
-def _driver_of(conn: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection of a connection just checked out. Read straight off it:
-    `get_raw_connection()` would take a greenlet round for an attribute that is set."""
-    checked_out = conn.sync_connection
-    assert checked_out is not None  # set by `engine.connect()`
-    driver: asyncpg.Connection = checked_out.connection.driver_connection
-    return driver
+@contextlib.asynccontextmanager
+async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
+    """A pooled connection as a session. On the way back, a connection that is closed
+    or still inside a transaction (cancelled mid-`COMMIT`, the server gone) is thrown
+    away, never given back to the pool to surprise its next user."""
+    async with engine.connect() as conn:
+        checked_out = conn.sync_connection
+        assert checked_out is not None  # set by `engine.connect()`
+        # Read straight off the checked-out connection: `get_raw_connection()` would
+        # take a greenlet round for an attribute that is already set.
+        driver: asyncpg.Connection = checked_out.connection.driver_connection
+        try:
+            yield Session(conn, driver)
+        finally:
+            if driver.is_closed() or driver.is_in_transaction():
+                await conn.invalidate()
 
 
 @contextlib.asynccontextmanager
 async def transaction(engine: AsyncEngine) -> AsyncIterator[Session]:
     """A pooled connection inside a transaction: committed when the block ends, rolled
-    back when it raises. A connection whose transaction could not be ended (cancelled
-    mid-`COMMIT`, the server gone) is thrown away, never given back to the pool open."""
-    async with engine.connect() as conn:
-        driver = _driver_of(conn)
-        tx = driver.transaction()
+    back when it raises."""
+    async with _checked_out(engine) as session:
+        tx = session.driver.transaction()
         await tx.start()
         try:
-            try:
-                yield Session(conn, driver)
-            except BaseException:
-                # The error that ended the block is the one to raise (a cancellation
-                # above all); a rollback that fails too leaves the connection to be
-                # thrown away below.
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                raise
-            await tx.commit()
-        finally:
-            if driver.is_closed() or driver.is_in_transaction():
-                await conn.invalidate()
+            yield session
+        except BaseException:
+            # The error that ended the block is the one to raise (a cancellation above
+            # all); a rollback that fails too leaves the connection to be thrown away.
+            with contextlib.suppress(Exception):
+                await tx.rollback()
+            raise
+        await tx.commit()
 
 
 @contextlib.asynccontextmanager
@@ -231,8 +233,8 @@ async def autocommit(engine: AsyncEngine) -> AsyncIterator[Session]:
     itself. For work that is exactly one statement (a lookup, one insert): one round
     trip instead of three (`BEGIN`, the statement, `COMMIT`/`ROLLBACK`). Two statements
     on it are two transactions, so anything more goes in `transaction(engine)`."""
-    async with engine.connect() as conn:
-        yield Session(conn, _driver_of(conn))
+    async with _checked_out(engine) as session:
+        yield session
 
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

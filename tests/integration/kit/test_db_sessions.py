@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import sqlalchemy as sa
@@ -91,14 +92,16 @@ async def test_a_cancelled_block_is_cancelled_and_its_connection_comes_back_clea
         assert first == second
 
 
+@pytest.mark.parametrize("way", [db.transaction, db.autocommit], ids=["transaction", "autocommit"])
 async def test_a_failure_on_a_dead_connection_raises_the_first_error_and_the_pool_heals(
-    one_connection: AsyncEngine, table: str
+    one_connection: AsyncEngine, table: str, way: Callable[[AsyncEngine], AbstractAsyncContextManager[Session]]
 ) -> None:
     """A block that fails after its connection died raises its own error, not the
-    rollback's (which would hide it, or turn a cancellation into a crash)."""
+    rollback's (which would hide it, or turn a cancellation into a crash), and the dead
+    connection is not given back to the pool."""
 
     async def fail_on_a_dead_connection() -> None:
-        async with db.transaction(one_connection) as session:
+        async with way(one_connection) as session:
             session.driver.terminate()
             raise ValueError("the real problem")
 
