@@ -169,43 +169,6 @@ class OrderRepository:
 
 # -- sagas -------------------------------------------------------------------------------
 
-_COMPENSATIONS = (
-    sa.select(
-        sa.func.coalesce(
-            sa.func.jsonb_agg(
-                sa.func.jsonb_build_object(
-                    "action",
-                    compensation_log.c.action,
-                    "status",
-                    compensation_log.c.status,
-                    "reason",
-                    compensation_log.c.reason,
-                    "attempts",
-                    compensation_log.c.attempts,
-                    "at",
-                    compensation_log.c.updated_at,
-                )
-            ),
-            sa.text("'[]'::jsonb"),
-        )
-    )
-    .where(compensation_log.c.order_id == saga_states.c.order_id)
-    .scalar_subquery()
-    .label("compensations")
-)
-
-_SAGA_COLUMNS = (
-    saga_states,
-    orders.c.user_id,
-    orders.c.cart_id,
-    orders.c.status.label("order_status"),
-    orders.c.failure_reason,
-    orders.c.total_amount,
-    orders.c.currency,
-    orders.c.payment_token,
-    _COMPENSATIONS,
-)
-
 
 def _ts(value: Any) -> datetime:
     if isinstance(value, datetime):
@@ -293,23 +256,18 @@ _ADVANCE = Sql(
 )
 
 # The saga with what it needs of its order and its compensation log, for one order
-# (`_SAGA_BY_ID`) or several (`_SAGA_BY_IDS`, Core: the reconciler's).
-_SAGA_BY_ID = Sql(
-    """
+# (`_SAGA_BY_ID`) or several (`_SAGA_BY_IDS`, the reconciler's).
+_SAGA_SELECT = """
     SELECT s.*, o.user_id, o.cart_id, o.status AS order_status, o.failure_reason, o.total_amount, o.currency,
            o.payment_token,
            (SELECT coalesce(jsonb_agg(jsonb_build_object('action', c.action, 'status', c.status, 'reason', c.reason,
                                                          'attempts', c.attempts, 'at', c.updated_at)), '[]'::jsonb)
               FROM orders.compensation_log c WHERE c.order_id = s.order_id) AS compensations
       FROM orders.saga_states s JOIN orders.orders o ON o.id = s.order_id
-     WHERE s.order_id = :order_id
-    """
-)
+"""
+_SAGA_BY_ID = Sql(_SAGA_SELECT + " WHERE s.order_id = :order_id")
+_SAGA_BY_IDS = Sql(_SAGA_SELECT + " WHERE s.order_id = ANY(CAST(:order_ids AS uuid[]))")
 _LOCK_SAGA = Sql("SELECT order_id FROM orders.saga_states WHERE order_id = :order_id FOR UPDATE")
-_SAGA_SELECT = sa.select(*_SAGA_COLUMNS).select_from(saga_states.join(orders, orders.c.id == saga_states.c.order_id))
-_SAGA_BY_IDS = _SAGA_SELECT.where(
-    saga_states.c.order_id == sa.func.any(sa.bindparam("order_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True))))
-)
 
 
 class SagaRepository:
@@ -347,7 +305,7 @@ class SagaRepository:
         ).all()
         if not locked:
             return []
-        rows = (await self.session.execute(_SAGA_BY_IDS, {"order_ids": list(locked)})).mappings().all()
+        rows = await self.session.fetch(_SAGA_BY_IDS, order_ids=list(locked))
         by_id = {row["order_id"]: saga_from_row(row) for row in rows}
         return [by_id[order_id] for order_id in locked if order_id in by_id]
 
