@@ -57,8 +57,20 @@ OrderState = Literal["reserved", "failed", "committed", "cancelled"]
 
 
 def _from_now(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """now() + that many seconds (a bound parameter, or a literal)."""
+    """now() + that many seconds (a bound parameter, or a literal), in Core; `_TTL_FROM_NOW`
+    is the same for `Sql` statements."""
     return sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+_TTL_FROM_NOW = "now() + make_interval(0, 0, 0, 0, 0, 0, CAST(:ttl AS float8))"
+
+
+def _end_reservations(ids: str, *, status: str, end_reason: str) -> str:
+    """An `Sql` CTE body ending the reservations whose ids are the array parameter `ids`."""
+    return (
+        f"UPDATE catalog.inventory_reservations SET status = '{status}', end_reason = '{end_reason}',"
+        f" updated_at = now() WHERE id = ANY(CAST(:{ids} AS uuid[])) RETURNING id"
+    )
 
 
 # -- locks and counters ------------------------------------------------------------
@@ -112,13 +124,9 @@ _RESERVE_ORDER = Sql(
     # rows are inserted, returning their expiry. Arrays may be empty.
     f"""
     WITH counted AS ({_ADD_RESERVED_CTE} RETURNING p.id),
-    converted AS (
-        UPDATE catalog.inventory_reservations SET status = 'released', end_reason = 'converted', updated_at = now()
-         WHERE id = ANY(CAST(:h_ids AS uuid[])) RETURNING id
-    )
+    converted AS ({_end_reservations("h_ids", status="released", end_reason="converted")})
     INSERT INTO catalog.inventory_reservations (id, kind, owner_id, product_id, quantity, expires_at)
-    SELECT n.id, 'order', CAST(:owner_id AS uuid), n.product_id, n.quantity,
-           now() + make_interval(0, 0, 0, 0, 0, 0, CAST(:ttl AS float8))
+    SELECT n.id, 'order', CAST(:owner_id AS uuid), n.product_id, n.quantity, {_TTL_FROM_NOW}
       FROM unnest(CAST(:n_id AS uuid[]), CAST(:n_product_id AS uuid[]), CAST(:n_quantity AS int[]))
            AS n(id, product_id, quantity)
     RETURNING expires_at
@@ -129,11 +137,9 @@ _COMMIT_ORDER = Sql(
     # Three writes of a commit in one round trip (data-modifying CTEs all run, on
     # different tables here): the reservations end, the units leave the shelf, the
     # order is marked. Arrays may be empty.
-    """
-    WITH committed AS (
-        UPDATE catalog.inventory_reservations SET status = 'committed', end_reason = 'committed', updated_at = now()
-         WHERE id = ANY(CAST(:r_ids AS uuid[])) RETURNING id
-    ), sold AS (
+    f"""
+    WITH committed AS ({_end_reservations("r_ids", status="committed", end_reason="committed")}),
+    sold AS (
         UPDATE catalog.products p
            SET stock = p.stock - s.sold, reserved = p.reserved - s.unreserved, updated_at = now()
           FROM unnest(CAST(:s_id AS uuid[]), CAST(:s_sold AS int[]), CAST(:s_unreserved AS int[]))
@@ -408,7 +414,7 @@ async def release_hold(session: Session, *, cart_id: uuid.UUID, product_id: uuid
 
 _EXTEND = Sql(
     "UPDATE catalog.inventory_reservations"
-    " SET expires_at = now() + make_interval(0, 0, 0, 0, 0, 0, CAST(:ttl AS float8)), updated_at = now()"
+    f" SET expires_at = {_TTL_FROM_NOW}, updated_at = now()"
     # An expired reservation is over, even before the sweeper marks it.
     " WHERE kind = :kind AND owner_id = :owner_id AND status = 'active' AND expires_at > now()"
     " RETURNING product_id, quantity, expires_at"
