@@ -51,6 +51,29 @@ async def test_a_quote_gives_price_and_availability_of_known_products_in_the_ord
     assert (items[1]["price"], items[1]["available"]) == ("2.50", 4)
 
 
+async def test_a_quote_counts_availability_as_the_product_page_does(
+    client: httpx.AsyncClient, system: Any, engine: AsyncEngine
+) -> None:
+    """The quote reads products with a statement of its own: a live hold is promised,
+    one past its expiry is free again (before any sweeper ends it), as on the product."""
+    pid = await make_product(engine, stock=5)
+    live, lapsed = uuid.uuid4(), uuid.uuid4()
+    await put_hold(client, system, live, pid, 1)
+    await put_hold(client, system, lapsed, pid, 2)
+    async with engine.connect() as holder, holder.begin():
+        # The sweeper skips a product another transaction holds: the lapsed hold stays
+        # `active` (and counted in `reserved`) while both reads are made.
+        await holder.execute(sa.text("SELECT 1 FROM catalog.products WHERE id = :p FOR UPDATE"), {"p": pid})
+        await expire_now(engine, owner_id=lapsed)
+        r = await client.post(
+            "/internal/catalog/quote", json={"product_ids": [str(pid)]}, headers=service_headers(system)
+        )
+        product = (await client.get(f"/api/v1/products/{pid}")).json()
+        assert (await counters(engine, pid))["reserved"] == 3
+    [item] = r.json()["items"]
+    assert item["available"] == product["available"] == 4
+
+
 async def test_a_quote_marks_an_inactive_product_unavailable(
     client: httpx.AsyncClient, system: Any, engine: AsyncEngine
 ) -> None:
