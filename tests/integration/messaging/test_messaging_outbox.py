@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -59,6 +60,30 @@ async def test_outbox_row_commits_with_the_transaction_or_not_at_all(engine: Asy
         await failing_change()
 
     assert [row[0] for row in await unsent(engine, "msg_a")] == [kept.event_id]
+
+
+async def test_a_commit_wakes_the_relays_of_its_own_schema_only(engine: AsyncEngine) -> None:
+    """Each schema's relay listens on a channel of its own: an event written to `msg_b`
+    says nothing to a relay of `msg_a`, one written to `msg_a` does (at its commit)."""
+    heard: dict[str, asyncio.Queue[str]] = {schema: asyncio.Queue() for schema in ("msg_a", "msg_b")}
+    listener = await asyncpg.connect(outbox.listen_dsn(engine))
+    try:
+        for schema, queue in heard.items():
+            await listener.add_listener(
+                outbox.channel(schema), lambda *_args, schema=schema, queue=queue: queue.put_nowait(schema)
+            )
+        async with db.transaction(engine) as session:
+            await outbox.add_to_outbox(session, envelope("order.placed", producer="msg_b"))
+            await asyncio.sleep(0.1)
+            assert heard["msg_b"].empty()  # not before the commit
+        assert await asyncio.wait_for(heard["msg_b"].get(), 5) == "msg_b"
+        await write(engine, [envelope("order.placed", producer="msg_a")])
+        assert await asyncio.wait_for(heard["msg_a"].get(), 5) == "msg_a"
+        await asyncio.sleep(0.1)
+        assert heard["msg_a"].empty()
+        assert heard["msg_b"].empty()  # msg_a's commit said nothing on msg_b's channel
+    finally:
+        await listener.close()
 
 
 async def test_relay_publishes_marks_sent_and_the_inbox_records_the_effect(
