@@ -42,7 +42,7 @@ class EmbeddedPostgres:
             self._server = None
 
 
-def forget_dead_handles(pgdata: Path) -> list[int]:
+def forget_dead_handles(pgdata: Path) -> None:
     """Drop the processes that died holding the server from pgserver's list of them.
 
     pgserver stops its server when the last process attached to it lets go, and keeps
@@ -50,18 +50,17 @@ def forget_dead_handles(pgdata: Path) -> list[int]:
     without letting go (`kill -9`, the OOM killer, a power cut of the terminal) stays
     listed for ever: no later stop is then the last one, and the server outlives every
     `prost up` after it. Called before attaching, under pgserver's own inter-process
-    lock; returns the ids it dropped."""
+    lock (pgserver 0.1.4 keeps both as they are here)."""
     from pgserver.postgres_server import PostgresServer  # type: ignore[import-untyped]
 
     handles = pgdata / ".handle_pids.json"
     with PostgresServer._lock:
         if not handles.exists():
-            return []
+            return
         listed = [int(pid) for pid in json.loads(handles.read_text())]
         alive = [pid for pid in listed if _alive(pid)]
         if alive != listed:
             handles.write_text(json.dumps(alive))
-        return [pid for pid in listed if pid not in alive]
 
 
 def _alive(pid: int) -> bool:
@@ -69,6 +68,6 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: alive
-        return True
+    except PermissionError:  # someone else's process
+        pass
     return True
