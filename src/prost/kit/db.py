@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import cache
 from typing import Any, cast
 
@@ -136,13 +136,37 @@ class Session:
     outside any (`autocommit`). Handlers, repositories and `outbox.add_to_outbox`
     take it; see the module's docstring for the two ways it speaks."""
 
-    __slots__ = ("_conn", "_core", "driver")
+    __slots__ = ("_after_commit", "_conn", "_core", "driver", "in_transaction")
 
-    def __init__(self, conn: AsyncConnection, driver: asyncpg.Connection) -> None:
+    def __init__(self, conn: AsyncConnection, driver: asyncpg.Connection, *, in_transaction: bool) -> None:
         self._conn = conn
         self._core: AsyncConnection | None = None
+        self._after_commit: list[Callable[[], None]] | None = None
         self.driver = driver
         """The asyncpg connection underneath (for what `Sql` does not cover: LISTEN, COPY)."""
+        self.in_transaction = in_transaction
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine this session's connection came from."""
+        return self._conn.engine
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once what this session wrote is committed: at the end of
+        the transaction, only if it commits; outside a transaction (each statement
+        commits by itself) at once. For telling this process's other parts about the
+        change (the outbox wakes its relay); it must not raise, the work is done."""
+        if not self.in_transaction:
+            callback()
+        elif self._after_commit is None:
+            self._after_commit = [callback]
+        else:
+            self._after_commit.append(callback)
+
+    def _committed(self) -> None:
+        callbacks, self._after_commit = self._after_commit, None
+        for callback in callbacks or ():
+            callback()
 
     # -- Sql statements, straight to asyncpg --
 
@@ -192,7 +216,7 @@ def mapping(row: asyncpg.Record | sa.Row[Any]) -> Mapping[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
+async def _checked_out(engine: AsyncEngine, *, in_transaction: bool) -> AsyncIterator[Session]:
     """A pooled connection as a session. On the way back, a connection that is closed
     or still inside a transaction (cancelled mid-`COMMIT`, the server gone) is thrown
     away, never given back to the pool to surprise its next user."""
@@ -203,7 +227,7 @@ async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
         # take a greenlet round for an attribute that is already set.
         driver: asyncpg.Connection = checked_out.connection.driver_connection
         try:
-            yield Session(conn, driver)
+            yield Session(conn, driver, in_transaction=in_transaction)
         finally:
             if driver.is_closed() or driver.is_in_transaction():
                 await conn.invalidate()
@@ -213,7 +237,7 @@ async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
 async def transaction(engine: AsyncEngine) -> AsyncIterator[Session]:
     """A pooled connection inside a transaction: committed when the block ends, rolled
     back when it raises."""
-    async with _checked_out(engine) as session:
+    async with _checked_out(engine, in_transaction=True) as session:
         tx = session.driver.transaction()
         await tx.start()
         try:
@@ -225,6 +249,7 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Session]:
                 await tx.rollback()
             raise
         await tx.commit()
+        session._committed()
 
 
 @contextlib.asynccontextmanager
@@ -233,7 +258,7 @@ async def autocommit(engine: AsyncEngine) -> AsyncIterator[Session]:
     itself. For work that is exactly one statement (a lookup, one insert): one round
     trip instead of three (`BEGIN`, the statement, `COMMIT`/`ROLLBACK`). Two statements
     on it are two transactions, so anything more goes in `transaction(engine)`."""
-    async with _checked_out(engine) as session:
+    async with _checked_out(engine, in_transaction=False) as session:
         yield session
 
 

@@ -3,10 +3,14 @@ publishes them (DESIGN.md section 4, step 1).
 
 Writing:
     `add_to_outbox(session, envelope)` inserts a row into `<producer>.outbox` inside the
-    caller's transaction and, in the same statement, `pg_notify('prost_outbox.<schema>', '')`.
-    PostgreSQL delivers the notification only at commit (and folds repeats within one
-    transaction), so a relay wakes as soon as the row is visible, and never for a row
-    that was rolled back. A channel per schema: only that schema's relays wake.
+    caller's transaction, and makes sure a relay wakes once the row is committed:
+    - a relay of that schema running in this process on the session's engine, and
+      publishing normally, is woken in-process after the commit (`Session.after_commit`);
+    - otherwise the same statement also runs `pg_notify('prost_outbox.<schema>', '')`.
+      PostgreSQL delivers the notification only at commit (and folds repeats within one
+      transaction), so a relay wakes as soon as the row is visible, and never for a row
+      that was rolled back. A channel per schema: only that schema's relays wake.
+    Either way no relay wakes for a row that was rolled back, nor before it is visible.
 
 Relaying (`OutboxRelay`, one per service schema, any number of replicas):
     1. in one statement, claim up to `batch_size` unsent rows `ORDER BY seq FOR UPDATE
@@ -26,15 +30,17 @@ Failures:
     - broker down / publish timeout: nothing is marked, the transaction rolls back and
       `run()` backs off (0.1 s doubling to 10 s) before trying again.
 
-Waking: `run()` LISTENs on a dedicated asyncpg connection (built from the engine's URL)
-and also polls every `poll_seconds` as a safety net; the listen connection is checked
-and re-made if it drops. Sent rows older than `retention_hours` are purged in chunks.
+Waking: `run()` is woken by this process's writers, LISTENs on a dedicated asyncpg
+connection (built from the engine's URL) for the others', and also polls every
+`poll_seconds` as a safety net; the listen connection is checked and re-made if it
+drops. Sent rows older than `retention_hours` are purged in chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -78,6 +84,8 @@ def channel(schema: str) -> str:
 class _Statements:
     one: Sql
     several: Sql
+    one_quiet: Sql
+    several_quiet: Sql
     claim: Sql
 
 
@@ -95,17 +103,23 @@ def _statements(schema: str) -> _Statements:
     the same statement. The mark counts only if the relay's transaction commits, which
     it does once the broker confirmed, with the rows it did not confirm put back first."""
     table = f"{quoted_schema(schema)}.outbox"
-    insert = f"WITH ins AS (INSERT INTO {table} (event_id, event_type, envelope) "
-    notify = " RETURNING seq) SELECT pg_notify(:channel, '') FROM ins LIMIT 1"
+    insert = f"INSERT INTO {table} (event_id, event_type, envelope) "
+    one = insert + "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))"
+    several = (
+        insert
+        + "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
+        + "CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:envelopes AS text[])"
+        + ") WITH ORDINALITY AS e (event_id, event_type, envelope, n) ORDER BY e.n"
+    )
+
+    def notifying(statement: str) -> Sql:
+        return Sql(f"WITH ins AS ({statement} RETURNING seq) SELECT pg_notify(:channel, '') FROM ins LIMIT 1")
+
     return _Statements(
-        one=Sql(insert + "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))" + notify),
-        several=Sql(
-            insert
-            + "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
-            + "CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:envelopes AS text[])"
-            + ") WITH ORDINALITY AS e (event_id, event_type, envelope, n) ORDER BY e.n"
-            + notify
-        ),
+        one=notifying(one),
+        several=notifying(several),
+        one_quiet=Sql(one),
+        several_quiet=Sql(several),
         claim=Sql(
             f"UPDATE {table} SET sent_at = now(), attempts = attempts + 1 WHERE seq IN ("
             f"SELECT seq FROM {table} WHERE sent_at IS NULL AND NOT (seq = ANY(CAST(:parked AS bigint[]))) "
@@ -117,13 +131,16 @@ def _statements(schema: str) -> _Statements:
 async def add_to_outbox(session: Session, envelope: Envelope) -> None:
     """Queue `envelope` for publishing in `<envelope.producer>.outbox`, in the caller's
     transaction: it is published if and only if that transaction commits."""
-    await session.run(
-        _statements(envelope.producer).one,
-        event_id=envelope.event_id,
-        event_type=envelope.event_type,
-        envelope=envelope.to_json().decode(),
-        channel=channel(envelope.producer),
-    )
+    statements = _statements(envelope.producer)
+    params = {
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "envelope": envelope.to_json().decode(),
+    }
+    if _wake_local_relays(session, envelope.producer):
+        await session.run(statements.one_quiet, **params)
+    else:
+        await session.run(statements.one, **params, channel=channel(envelope.producer))
 
 
 async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> None:
@@ -135,13 +152,47 @@ async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> 
         if len(group) == 1:
             await add_to_outbox(session, group[0])
             continue
-        await session.run(
-            _statements(schema).several,
-            event_ids=[e.event_id for e in group],
-            event_types=[e.event_type for e in group],
-            envelopes=[e.to_json().decode() for e in group],
-            channel=channel(schema),
-        )
+        statements = _statements(schema)
+        params = {
+            "event_ids": [e.event_id for e in group],
+            "event_types": [e.event_type for e in group],
+            "envelopes": [e.to_json().decode() for e in group],
+        }
+        if _wake_local_relays(session, schema):
+            await session.run(statements.several_quiet, **params)
+        else:
+            await session.run(statements.several, **params, channel=channel(schema))
+
+
+# -- waking the relays of this process ---------------------------------------------------
+
+_local_relays: dict[tuple[AsyncEngine, str], list[OutboxRelay]] = {}
+"""The relays running in this process, by the engine they read and their schema."""
+
+
+def _wake_local_relays(session: Session, schema: str) -> bool:
+    """When a relay of this process reads `schema` through the session's own engine and
+    is publishing normally, have it woken once the session commits and return True:
+    the writer then sends no NOTIFY. Otherwise return False and the writer notifies.
+
+    A NOTIFY is dear on this path: PostgreSQL signals every listening backend at each
+    commit, and each wakes its client (`bench/messaging.py`: about a tenth of the whole
+    delivery's CPU). The rows of a service are written where its relay runs (the
+    embedded mode, and each service process of the distributed one), so that relay is
+    told in-process, for nothing. Replicas elsewhere are not woken for the row; this
+    relay publishes it. NOTIFY stays for writers without a healthy relay beside them
+    (a CLI command, a relay backing off after failures): the relays of other processes
+    then wake as before."""
+    relays = _local_relays.get((session.engine, schema))
+    if not relays or not any(relay.healthy for relay in relays):
+        return False
+    session.after_commit(functools.partial(_wake_all, relays))
+    return True
+
+
+def _wake_all(relays: list[OutboxRelay]) -> None:
+    for relay in relays:
+        relay.wake()
 
 
 def listen_dsn(engine: AsyncEngine) -> str:
@@ -177,6 +228,13 @@ class OutboxRelay:
         self._parked: dict[int, float] = {}
         self.listening = asyncio.Event()
         """Set while the LISTEN connection is up (tests and readiness can wait on it)."""
+        self.healthy = False
+        """True while `run()` goes and its last batch did not fail: this process's writers
+        then wake it themselves instead of notifying (`_wake_local_relays`)."""
+
+    def wake(self) -> None:
+        """Look for unsent rows now (a writer of this process committed some)."""
+        self._wake.set()
 
     # -- one batch -------------------------------------------------------------------
 
@@ -280,16 +338,21 @@ class OutboxRelay:
         listener = asyncio.create_task(self._listen(), name=f"{self.schema}.outbox-listen")
         backoff = _BACKOFF_MIN
         next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
+        neighbours = _local_relays.setdefault((self.engine, self.schema), [])
+        neighbours.append(self)
+        self.healthy = True
         try:
             while True:
                 self._wake.clear()
                 try:
                     claimed, _ = await self._relay_batch()
                 except _RELAY_ERRORS as exc:
+                    self.healthy = False  # writers notify again: other processes' relays may do better
                     log.warning("outbox %s: publishing failed (%s); retrying in %.1f s", self.schema, exc, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _BACKOFF_MAX)
                     continue
+                self.healthy = True
                 backoff = _BACKOFF_MIN
                 if claimed >= self.batch_size:
                     continue  # a full batch: more are probably waiting
@@ -308,6 +371,10 @@ class OutboxRelay:
                     async with asyncio.timeout(self.poll_seconds):
                         await self._wake.wait()
         finally:
+            self.healthy = False
+            neighbours.remove(self)
+            if not neighbours:
+                _local_relays.pop((self.engine, self.schema), None)
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener

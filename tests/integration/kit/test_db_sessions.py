@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -130,3 +131,41 @@ async def test_the_connection_returns_to_transactions_after_autocommit(one_conne
         first = await conn.scalar(sa.text("SELECT now()"))
         await asyncio.sleep(0.01)
         assert await conn.scalar(sa.text("SELECT now()")) == first
+
+
+async def test_after_commit_runs_once_the_transaction_committed_and_never_after_a_rollback(
+    engine: AsyncEngine, table: str
+) -> None:
+    seen: list[tuple[str, int]] = []
+    async with db.transaction(engine) as session:
+        await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=1)
+        session.after_commit(lambda: seen.append(("first", len(seen))))
+        session.after_commit(lambda: seen.append(("second", len(seen))))
+        assert seen == []  # not while the transaction is open
+    assert seen == [("first", 0), ("second", 1)]  # both, in the order they were asked for
+
+    rolled_back: list[str] = []
+
+    async def change(n: int, *, fail: bool) -> None:
+        async with db.transaction(engine) as session:
+            session.after_commit(lambda: rolled_back.append(f"called for {n}"))
+            await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=n)
+            if fail:
+                raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        await change(2, fail=True)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await change(1, fail=False)  # a duplicate: the commit never comes
+    assert rolled_back == []
+    assert await count(engine, table) == 1
+
+
+async def test_after_commit_outside_a_transaction_runs_at_once(engine: AsyncEngine, table: str) -> None:
+    """Under `autocommit` each statement already committed when it returned."""
+    seen: list[int] = []
+    async with db.autocommit(engine) as session:
+        await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=1)
+        session.after_commit(lambda: seen.append(1))
+        assert seen == [1]
+    assert session.engine is engine

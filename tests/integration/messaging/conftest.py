@@ -8,6 +8,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from prost.kit.db import create_engine
+
 from messaging_support import EFFECTS, SCHEMAS, Harness, make_memory, rabbit_maker
 
 
@@ -18,6 +20,15 @@ async def schemas(engine: AsyncEngine) -> tuple[str, ...]:
             await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             await conn.run_sync(EFFECTS[schema].metadata.create_all)
     return SCHEMAS
+
+
+@pytest.fixture
+async def elsewhere(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine of its own on the test database: a writer in another process, as far as
+    the relays of this one can tell (they are told of their own engine's commits only)."""
+    other = create_engine(database_url, pool_size=2)
+    yield other
+    await other.dispose()
 
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])

@@ -11,6 +11,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -165,12 +166,15 @@ async def _listen_backends(engine: AsyncEngine) -> list[int]:
         return list(rows.all())
 
 
-async def test_relay_listens_again_after_its_connection_drops(engine: AsyncEngine, harness: Harness) -> None:
+async def test_relay_listens_again_after_its_connection_drops(
+    engine: AsyncEngine, elsewhere: AsyncEngine, harness: Harness
+) -> None:
     await clear_outbox(engine, "msg_a")
     service = harness.service("orders")
     bus = await harness.bus(**PATIENT)
     await bus.consume(service, ["order.*"], counting_handler(engine, "msg_b", service))
-    relay = relay_for(engine, bus, "msg_a", poll_seconds=3600)  # only NOTIFY can wake it
+    # No poll, and the rows are written `elsewhere`: only NOTIFY can wake it.
+    relay = relay_for(engine, bus, "msg_a", poll_seconds=3600)
 
     async with running(relay):
         [old_pid] = await eventually(lambda: _listen_backends(engine))
@@ -180,10 +184,79 @@ async def test_relay_listens_again_after_its_connection_drops(engine: AsyncEngin
         assert old_pid not in new_pids
         await eventually(relay.listening.is_set)
         batch = [envelope("order.placed") for _ in range(10)]
-        await write_stream(engine, batch, chunk=10)
+        await write_stream(elsewhere, batch, chunk=10)
         await eventually(lambda: all_handled(engine, "msg_b", service, 10))
 
     await assert_each_counted_once(engine, "msg_b", service, batch)
+
+
+@contextlib.asynccontextmanager
+async def notifications(engine: AsyncEngine, schema: str) -> AsyncIterator[asyncio.Queue[str]]:
+    """What is said on `schema`'s outbox channel while the block runs."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(outbox.listen_dsn(engine))
+    try:
+        await listener.add_listener(outbox.channel(schema), lambda *_args: heard.put_nowait(schema))
+        yield heard
+    finally:
+        await listener.close()
+
+
+def sink() -> MemoryBus:
+    """A bus that takes `thing.happened` and gives it to nobody (an announcement)."""
+    return MemoryBus(announcements={"thing.happened"})
+
+
+class Refusing(Counting):
+    """A broker that is away: every publish fails."""
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        raise PublishError("the broker is away")
+
+
+async def test_a_relay_is_woken_by_the_writers_of_its_own_process_without_a_notify(
+    engine: AsyncEngine, elsewhere: AsyncEngine
+) -> None:
+    """Rows written through the relay's own engine wake it in-process, at commit; rows
+    written elsewhere notify, and wake it through its LISTEN. With no poll to speak of,
+    nothing else could get either out in time."""
+    await clear_outbox(engine, "msg_a")
+    bus = Counting(sink())
+    relay = relay_for(engine, bus, "msg_a", poll_seconds=3600)
+    ours, theirs = envelope("thing.happened"), envelope("thing.happened")
+    async with notifications(engine, "msg_a") as heard, running(relay):
+        async with db.transaction(engine) as session:
+            await outbox.add_to_outbox(session, ours)
+            await asyncio.sleep(0.2)
+            assert bus.published == []  # not before the commit
+        await eventually(lambda: bus.published == [ours.event_id], timeout=5)
+        await asyncio.sleep(0.2)
+        assert heard.empty()  # no NOTIFY for it
+
+        await write_stream(elsewhere, [theirs], chunk=1)
+        assert await asyncio.wait_for(heard.get(), 5) == "msg_a"
+        await eventually(lambda: bus.published == [ours.event_id, theirs.event_id], timeout=5)
+    assert await _drained(engine, "msg_a")
+
+
+async def test_while_the_local_relay_fails_its_writers_notify_the_others(
+    engine: AsyncEngine, elsewhere: AsyncEngine
+) -> None:
+    """A relay of this process that cannot publish (its broker connection is down, say)
+    is no reason to keep the relays of other processes asleep: writers notify again, and
+    one that publishes fine elsewhere takes the rows."""
+    await clear_outbox(engine, "msg_a")
+    stuck = relay_for(engine, Refusing(sink()), "msg_a", poll_seconds=3600)
+    working = Counting(sink())
+    other = relay_for(elsewhere, working, "msg_a", poll_seconds=3600)
+    first, second = envelope("thing.happened"), envelope("thing.happened")
+    async with notifications(engine, "msg_a") as heard, running(stuck, other):
+        await write_stream(engine, [first], chunk=1)  # wakes `stuck` only, which fails on it
+        await eventually(lambda: not stuck.healthy, timeout=5)
+        await write_stream(engine, [second], chunk=1)
+        assert await asyncio.wait_for(heard.get(), 5) == "msg_a"
+        await eventually(lambda: set(working.published) == {first.event_id, second.event_id}, timeout=10)
+    assert await _drained(engine, "msg_a")
 
 
 async def _new_backend(engine: AsyncEngine, old: int) -> list[int]:
