@@ -132,15 +132,14 @@ async def add_to_outbox(session: Session, envelope: Envelope) -> None:
     """Queue `envelope` for publishing in `<envelope.producer>.outbox`, in the caller's
     transaction: it is published if and only if that transaction commits."""
     statements = _statements(envelope.producer)
-    params = {
-        "event_id": envelope.event_id,
-        "event_type": envelope.event_type,
-        "envelope": envelope.to_json().decode(),
-    }
-    if _wake_local_relays(session, envelope.producer):
-        await session.run(statements.one_quiet, **params)
-    else:
-        await session.run(statements.one, **params, channel=channel(envelope.producer))
+    await _insert(
+        session,
+        envelope.producer,
+        (statements.one_quiet, statements.one),
+        event_id=envelope.event_id,
+        event_type=envelope.event_type,
+        envelope=envelope.to_json().decode(),
+    )
 
 
 async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> None:
@@ -153,15 +152,24 @@ async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> 
             await add_to_outbox(session, group[0])
             continue
         statements = _statements(schema)
-        params = {
-            "event_ids": [e.event_id for e in group],
-            "event_types": [e.event_type for e in group],
-            "envelopes": [e.to_json().decode() for e in group],
-        }
-        if _wake_local_relays(session, schema):
-            await session.run(statements.several_quiet, **params)
-        else:
-            await session.run(statements.several, **params, channel=channel(schema))
+        await _insert(
+            session,
+            schema,
+            (statements.several_quiet, statements.several),
+            event_ids=[e.event_id for e in group],
+            event_types=[e.event_type for e in group],
+            envelopes=[e.to_json().decode() for e in group],
+        )
+
+
+async def _insert(session: Session, schema: str, forms: tuple[Sql, Sql], **params: Any) -> None:
+    """Insert with the `(quiet, notifying)` form of the statement: quiet when a relay of
+    this process will be woken after the commit instead."""
+    quiet, notifying = forms
+    if _wake_local_relays(session, schema):
+        await session.run(quiet, **params)
+    else:
+        await session.run(notifying, **params, channel=channel(schema))
 
 
 # -- waking the relays of this process ---------------------------------------------------
