@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from prost.kit import migrations
 from prost.kit.db import create_engine
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 PG = os.environ.get("PROST_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("PROST_BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -125,3 +127,69 @@ def wrk(
             p50, p99 = line.split()[1:3]
             stats |= {"p50_ms": float(p50) / 1000, "p99_ms": float(p99) / 1000}
     return stats
+
+
+# -- where the CPU goes --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCpu:
+    ppid: int
+    name: str  # the kernel's short name (`comm`)
+    cmdline: str
+    seconds: float  # user + system CPU since the process started
+
+
+def processes() -> dict[int, ProcessCpu]:
+    """Every process of the machine, with its CPU so far (from /proc)."""
+    table: dict[int, ProcessCpu] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        fields = raw[raw.rindex(")") + 2 :].split()
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        table[int(entry)] = ProcessCpu(
+            int(fields[1]), name, cmdline.strip(), (int(fields[11]) + int(fields[12])) / CLK_TCK
+        )
+    return table
+
+
+def descendants(table: dict[int, ProcessCpu], root: int) -> set[int]:
+    """`root` and every process under it."""
+    children: dict[int, list[int]] = {}
+    for pid, p in table.items():
+        children.setdefault(p.ppid, []).append(pid)
+    found, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        found.add(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def infrastructure(p: ProcessCpu) -> str | None:
+    """'postgresql' or 'rabbitmq' for the servers' processes, None for anything else."""
+    if p.name.startswith("postgres"):
+        return "postgresql"
+    if p.name.startswith("beam") or p.name in ("epmd", "erl_child_setup", "inet_gethost"):
+        return "rabbitmq"
+    return None
+
+
+def cpu_by(
+    before: dict[int, ProcessCpu], after: dict[int, ProcessCpu], label: Callable[[int, ProcessCpu], str]
+) -> dict[str, float]:
+    """CPU seconds spent between two `processes()` readings, summed by `label`, largest first."""
+    spent: dict[str, float] = {}
+    for pid, p in after.items():
+        earlier = before.get(pid)
+        used = p.seconds - (earlier.seconds if earlier is not None and earlier.name == p.name else 0.0)
+        if used > 0:
+            key = label(pid, p)
+            spent[key] = spent.get(key, 0.0) + used
+    return dict(sorted(spent.items(), key=lambda kv: -kv[1]))

@@ -13,7 +13,8 @@ Measures, on this machine's PostgreSQL and RabbitMQ:
    and whose `OutboxRelay` publishes them (confirms); RabbitMQ; a consuming service
    (this process) whose handler commits an effect through the inbox (`handle_once`).
    Events per second at full speed, and p50/p99 latency from the writer's commit to
-   the handler's commit.
+   the handler's commit; and the CPU an event costs, by process (the producing and
+   consuming services, PostgreSQL, RabbitMQ, the rest of the machine).
 3. the same at half the measured maximum rate, paced, for p99 latency.
 4. the in-process bus (embedded mode) end to end, for comparison.
 
@@ -30,10 +31,12 @@ import contextlib
 import multiprocessing
 import os
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -50,6 +53,9 @@ from prost.kit.db import Session, Sql, create_engine, schema_metadata
 from prost.kit.messages import Envelope
 from prost.kit.migrations import ensure_database
 from prost.runtime.loop import freeze_startup_heap, run  # uvloop, as the servers run
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _procs import ProcessCpu, cpu_by, infrastructure, processes
 
 SCHEMA = "bench"
 metadata = schema_metadata(SCHEMA)
@@ -121,6 +127,12 @@ async def raw_rate(url: str, n: int, body: bytes) -> dict[str, float]:
         await queue.cancel(consumer_tag)
         await queue.delete(if_unused=False, if_empty=False)
     return {"rate": n / elapsed, "publish_rate": n / published, "messages": n}
+
+
+def _raw_label(pid: int, p: ProcessCpu) -> str:
+    if (kind := infrastructure(p)) is not None:
+        return kind
+    return "publisher and consumer" if pid == os.getpid() else "other"
 
 
 # -- 2-4. the pipeline -----------------------------------------------------------------
@@ -300,12 +312,23 @@ class TwoProcesses:
         ready = await asyncio.to_thread(self.pipe.recv)
         assert ready == "ready"
 
-    async def run(self, mode: str, n: int, rate: float = 0.0, seconds: float = 0.0) -> dict[str, float]:
+    async def run(self, mode: str, n: int, rate: float = 0.0, seconds: float = 0.0) -> dict[str, Any]:
         self.consumer.expect(n if mode == "flat" else max(1, int(rate * seconds)))
+        before = processes()
         self.pipe.send(("run", mode, n, rate, seconds))
         start, committed = await asyncio.to_thread(self.pipe.recv)
         await self.consumer.wait()
-        return measure(start, committed, self.consumer.handled)
+        result: dict[str, Any] = dict(measure(start, committed, self.consumer.handled))
+        spent = cpu_by(before, processes(), self._label)
+        result["cpu_us_per_event"] = {name: round(1e6 * s / len(committed)) for name, s in spent.items()}
+        return result
+
+    def _label(self, pid: int, p: ProcessCpu) -> str:
+        if (kind := infrastructure(p)) is not None:
+            return kind
+        if pid == self.process.pid:
+            return "producer"
+        return "consumer" if pid == os.getpid() else "other"
 
     async def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -362,7 +385,9 @@ async def main() -> None:
     body = sample_envelope().to_json()
     print(f"message size: {len(body)} bytes; machine: {os.cpu_count()} cores")
 
+    before = processes()
     raw_before = await raw_rate(args.broker, args.raw_events, body)
+    raw_cpu = cpu_by(before, processes(), _raw_label)
     print(f"raw aio-pika (confirmed publish + manual-ack consume): {raw_before['rate']:.0f} msg/s")
 
     url, drop = await prepare_database(args.database)
@@ -433,11 +458,13 @@ async def main() -> None:
             {
                 "raw_aio_pika_msg_s": round(raw),
                 "raw_aio_pika_runs_msg_s": [round(raw_before["rate"]), round(raw_after["rate"])],
+                "raw_cpu_us_per_message": {name: round(1e6 * s / args.raw_events) for name, s in raw_cpu.items()},
                 "prost_events_s": round(full["rate"]),
                 "ratio_to_raw": round(ratio, 3),
                 "p50_ms": round(full["p50_ms"], 2),
                 "p99_ms": round(full["p99_ms"], 2),
                 "consumer_transactions_per_event": round(full["consumer_transactions_per_event"], 3),
+                "cpu_us_per_event": full["cpu_us_per_event"],
                 "half_rate_events_s": round(half_rate),
                 "half_rate_p50_ms": round(half["p50_ms"], 2),
                 "half_rate_p99_ms": round(half["p99_ms"], 2),

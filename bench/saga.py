@@ -24,7 +24,9 @@ through the API as admin every 50 ms); the latency itself is the order's `update
 became final, on the server) minus the client's clock when the 202 arrived.
 
 CPU per order: the server's process tree (user + system) and the whole machine
-(PostgreSQL, RabbitMQ and this client included), divided by the orders settled.
+(PostgreSQL, RabbitMQ and this client included), divided by the orders settled; and
+the same by process (each service of the distributed mode, PostgreSQL, RabbitMQ, this
+client, the rest of the machine), so a change can be traced to where it saved.
 
 Baseline, same machine, same run: `GET /health` of the same server with 50 clients
 (the HTTP stack alone), and a minimal chain of the saga's hops without any prost
@@ -58,7 +60,18 @@ import asyncpg
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _procs import Proc, free_port, fresh_database, fresh_vhost
+from _procs import (
+    CLK_TCK,
+    Proc,
+    ProcessCpu,
+    cpu_by,
+    descendants,
+    free_port,
+    fresh_database,
+    fresh_vhost,
+    infrastructure,
+    processes,
+)
 
 SECRET = "bench-secret-" + "s" * 40
 ADMIN_EMAIL, ADMIN_PASSWORD = "bench-admin@prost.test", "bench-admin-password"
@@ -66,7 +79,6 @@ CARD = {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2035, "c
 CUSTOMERS = 50
 PRODUCTS = 20
 IN_FLIGHT = ("pending", "stock_reserved")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the system under test -----------------------------------------------------------------------
@@ -114,31 +126,28 @@ async def started(mode: str, log_dir: Path, settings: dict[str, str]) -> AsyncIt
                 proc.stop()
 
 
-def tree_cpu_seconds(root: int | None) -> float:
-    """User + system CPU of `root` and all its descendants (from /proc)."""
+def server_cpu_seconds(table: dict[int, ProcessCpu], root: int | None) -> float:
+    """User + system CPU of `root` and all its descendants."""
     if root is None:
         return 0.0
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    total, stack = 0.0, [root]
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    while stack:
-        pid = stack.pop()
-        total += cpu.get(pid, 0.0)
-        stack.extend(children.get(pid, []))
-    return total
+    return sum(table[pid].seconds for pid in descendants(table, root) if pid in table)
+
+
+def labeller(table: dict[int, ProcessCpu], root: int | None) -> Callable[[int, ProcessCpu], str]:
+    """Names a process for the CPU breakdown: PostgreSQL and RabbitMQ, the server's own
+    processes (`serve <service>` in the distributed mode, `prost` for the embedded one
+    or the distributed parent), this client, and `other`."""
+    server = descendants(table, root) if root is not None else set()
+
+    def label(pid: int, p: ProcessCpu) -> str:
+        if (kind := infrastructure(p)) is not None:
+            return kind
+        if pid in server:
+            words = p.cmdline.split()
+            return words[words.index("serve") + 1] if "serve" in words[:-1] else "prost"
+        return "client" if pid == os.getpid() else "other"
+
+    return label
 
 
 def machine_cpu_seconds() -> float:
@@ -318,6 +327,7 @@ class Phase:
     error_codes: dict[int, int] = field(default_factory=dict)
     server_cpu: float = 0.0
     machine_cpu: float = 0.0
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     settled_in_window: int = 0
@@ -338,6 +348,9 @@ class Phase:
             "statuses": self.statuses,
             "server_cpu_ms_per_order": round(1000 * self.server_cpu / settled, 2),
             "machine_cpu_ms_per_order": round(1000 * self.machine_cpu / settled, 2),
+            "cpu_ms_per_order_by_process": {
+                name: round(1000 * seconds / settled, 2) for name, seconds in self.cpu_by_process.items()
+            },
         }
 
 
@@ -402,12 +415,14 @@ async def measure(
     name: str, target: Target, run: Callable[[Phase], Awaitable[None]], api: Api, admin: str, window: float
 ) -> Phase:
     phase = Phase(name)
-    server0, machine0, t0 = tree_cpu_seconds(target.pid), machine_cpu_seconds(), time.monotonic()
+    before, machine0, t0 = processes(), machine_cpu_seconds(), time.monotonic()
     wall0 = time.time()
     await run(phase)
     phase.seconds = time.monotonic() - t0
-    phase.server_cpu = tree_cpu_seconds(target.pid) - server0
+    after = processes()
+    phase.server_cpu = server_cpu_seconds(after, target.pid) - server_cpu_seconds(before, target.pid)
     phase.machine_cpu = machine_cpu_seconds() - machine0
+    phase.cpu_by_process = cpu_by(before, after, labeller(after, target.pid))
     wall1 = wall0 + phase.seconds
     await settle(api, admin, phase, window_start=wall0, window_end=max(wall1, wall0 + window))
     return phase
