@@ -174,8 +174,9 @@ async def _insert(session: Session, schema: str, forms: tuple[Sql, Sql], **param
 
 # -- waking the relays of this process ---------------------------------------------------
 
-_local_relays: dict[tuple[AsyncEngine, str], list[OutboxRelay]] = {}
-"""The relays running in this process, by the engine they read and their schema."""
+_local_relays: dict[tuple[asyncio.AbstractEventLoop, AsyncEngine, str], list[OutboxRelay]] = {}
+"""The relays running in this process, by their event loop, the engine they read and
+their schema (a relay can only be woken from its own loop)."""
 
 
 def _wake_local_relays(session: Session, schema: str) -> bool:
@@ -191,7 +192,7 @@ def _wake_local_relays(session: Session, schema: str) -> bool:
     relay publishes it. NOTIFY stays for writers without a healthy relay beside them
     (a CLI command, a relay backing off after failures): the relays of other processes
     then wake as before."""
-    relays = _local_relays.get((session.engine, schema))
+    relays = _local_relays.get((asyncio.get_running_loop(), session.engine, schema))
     if not relays or not any(relay.healthy for relay in relays):
         return False
     session.after_commit(functools.partial(_wake_all, relays))
@@ -346,7 +347,8 @@ class OutboxRelay:
         listener = asyncio.create_task(self._listen(), name=f"{self.schema}.outbox-listen")
         backoff = _BACKOFF_MIN
         next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
-        neighbours = _local_relays.setdefault((self.engine, self.schema), [])
+        here = (asyncio.get_running_loop(), self.engine, self.schema)
+        neighbours = _local_relays.setdefault(here, [])
         neighbours.append(self)
         self.healthy = True
         try:
@@ -382,7 +384,7 @@ class OutboxRelay:
             self.healthy = False
             neighbours.remove(self)
             if not neighbours:
-                _local_relays.pop((self.engine, self.schema), None)
+                _local_relays.pop(here, None)
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
