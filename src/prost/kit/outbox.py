@@ -33,7 +33,8 @@ Failures:
 Waking: `run()` is woken by this process's writers, LISTENs on a dedicated asyncpg
 connection (built from the engine's URL) for the others', and also polls every
 `poll_seconds` as a safety net; the listen connection is checked and re-made if it
-drops. Sent rows older than `retention_hours` are purged in chunks.
+drops. Sent rows older than `retention_hours` are purged in chunks, every
+`purge_every_seconds`, by a task of its own beside the publishing.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ _RELAY_ERRORS: tuple[type[BaseException], ...] = (PublishError, *db.DATABASE_ERR
 
 _UNROUTABLE_MAX_DELAY = 300.0
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
-_PURGE_EVERY_SECONDS = 300.0
 _PURGE_CHUNK = 5000
 
 
@@ -222,6 +222,7 @@ class OutboxRelay:
         poll_seconds: float = 2.0,
         retention_hours: float = 24,
         publish_timeout: float = 60.0,
+        purge_every_seconds: float = 300.0,
     ) -> None:
         self.engine = engine
         self.bus = bus
@@ -230,6 +231,7 @@ class OutboxRelay:
         self.poll_seconds = poll_seconds
         self.retention = timedelta(hours=retention_hours)
         self.publish_timeout = publish_timeout
+        self.purge_every_seconds = purge_every_seconds
         self.table = outbox_of(schema)
         self._claim = _statements(schema).claim
         self._wake = asyncio.Event()
@@ -344,9 +346,11 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until cancelled: on every notification, and every `poll_seconds`."""
-        listener = asyncio.create_task(self._listen(), name=f"{self.schema}.outbox-listen")
+        helpers = [
+            asyncio.create_task(self._listen(), name=f"{self.schema}.outbox-listen"),
+            asyncio.create_task(self._purge_every(self.purge_every_seconds), name=f"{self.schema}.outbox-purge"),
+        ]
         backoff = _BACKOFF_MIN
-        next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
         here = (asyncio.get_running_loop(), self.engine, self.schema)
         neighbours = _local_relays.setdefault(here, [])
         neighbours.append(self)
@@ -368,15 +372,6 @@ class OutboxRelay:
                     continue  # a full batch: more are probably waiting
                 # A short batch took every row committed before it started; a row committed
                 # since has notified, which set `_wake` again: no empty claim just to check.
-                if time.monotonic() >= next_purge:
-                    next_purge = time.monotonic() + _PURGE_EVERY_SECONDS
-                    try:
-                        purged = await self.purge()
-                    except db.DATABASE_ERRORS as exc:
-                        log.warning("outbox %s: purge failed: %s", self.schema, exc)
-                    else:
-                        if purged:
-                            log.info("outbox %s: purged %d sent rows", self.schema, purged)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_seconds):
                         await self._wake.wait()
@@ -385,9 +380,24 @@ class OutboxRelay:
             neighbours.remove(self)
             if not neighbours:
                 _local_relays.pop(here, None)
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for helper in helpers:
+                helper.cancel()
+            for helper in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+
+    async def _purge_every(self, seconds: float) -> None:
+        """Purge beside the publishing, never in its way: a purge of a day's rows takes
+        seconds, and no row waits for it to end."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                purged = await self.purge()
+            except db.DATABASE_ERRORS as exc:
+                log.warning("outbox %s: purge failed: %s", self.schema, exc)
+            else:
+                if purged:
+                    log.info("outbox %s: purged %d sent rows", self.schema, purged)
 
     async def _listen(self) -> None:
         """Keep one LISTEN connection; wake the loop on our schema's notifications."""

@@ -259,6 +259,47 @@ async def test_while_the_local_relay_fails_its_writers_notify_the_others(
     assert await _drained(engine, "msg_a")
 
 
+async def test_the_relay_purges_by_itself_and_publishes_while_a_purge_runs(engine: AsyncEngine) -> None:
+    """`run()` purges sent rows past the retention every `purge_every_seconds`, in a task
+    beside the publishing: a slow purge (here, one held until the test lets it go)
+    delays no event."""
+    await clear_outbox(engine, "msg_a")
+    stale = envelope("thing.happened")
+    await write_stream(engine, [stale], chunk=1)
+    t = outbox.outbox_of("msg_a")
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.update(t)
+            .where(t.c.event_id == stale.event_id)
+            .values(sent_at=sa.func.now() - sa.text("interval '2 days'"))
+        )
+    bus = Counting(sink())
+    relay = relay_for(engine, bus, "msg_a", poll_seconds=3600, purge_every_seconds=0.05)
+    purging, go_on = asyncio.Event(), asyncio.Event()
+    purge = relay.purge
+
+    async def held_purge() -> int:
+        purging.set()
+        await go_on.wait()
+        return await purge()
+
+    relay.purge = held_purge  # type: ignore[method-assign]
+    fresh = envelope("thing.happened")
+    async with running(relay):
+        await asyncio.wait_for(purging.wait(), 5)
+        await write_stream(engine, [fresh], chunk=1)
+        await eventually(lambda: bus.published == [fresh.event_id], timeout=5)
+        go_on.set()
+        await eventually(lambda: _gone(engine, stale.event_id), timeout=5)
+    assert await _drained(engine, "msg_a")
+
+
+async def _gone(engine: AsyncEngine, event_id: uuid.UUID) -> bool:
+    t = outbox.outbox_of("msg_a")
+    async with engine.connect() as conn:
+        return not await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.event_id == event_id))
+
+
 async def _new_backend(engine: AsyncEngine, old: int) -> list[int]:
     pids = await _listen_backends(engine)
     return pids if pids and old not in pids else []
