@@ -200,3 +200,35 @@ async def test_ready_says_whether_the_broker_connection_is_up(broker_url: str) -
             await bus.close()
         after = await client.get("/ready")
         assert (after.status_code, after.json()["error"]) == (503, "unavailable")
+
+
+async def test_a_queue_left_without_its_consumer_is_consumed_again(broker_url: str) -> None:
+    """What aio-pika's restore can leave after an unlucky broker restart: the connection
+    is up, the bus believes it consumes, and the broker has no consumer on the queue.
+    Made here by cancelling the consumer behind aio-pika's back; the watchdog notices
+    and consumes the queue again, so the event waiting there is handled."""
+    bus = await make_bus(broker_url, consumer_check_seconds=0.2)
+    service = unique("orders")
+    handled: list[uuid.UUID] = []
+
+    async def handler(e: Envelope) -> None:
+        handled.append(e.event_id)
+
+    try:
+        await bus.consume(service, ["order.*"], handler)
+        first = envelope("order.placed")
+        await bus.publish([first])
+        await eventually(lambda: handled == [first.event_id])
+
+        [channel] = bus._consumer_channels
+        underlay = await channel.get_underlay_channel()
+        for tag in list(underlay.consumers):
+            await underlay.basic_cancel(tag)
+        assert await bus._consumer_count(service) == 0
+        second = envelope("order.placed")
+        await bus.publish([second])
+        await eventually(lambda: handled == [first.event_id, second.event_id], timeout=10)
+        assert await bus._consumer_count(service) == 1  # consumed again, once
+        assert len(bus._consumer_channels) == 1  # on a fresh channel, the old one dropped
+    finally:
+        await bus.close()

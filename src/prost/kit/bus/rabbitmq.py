@@ -34,6 +34,12 @@ Layout in the broker, for an exchange `prost.events` and a service `orders` with
 - The connection is robust: after a broker restart aio-pika reconnects and restores
   channels, declarations and consumers. Publishes during the outage fail (the outbox
   keeps the rows); deliveries that were not acked come again (the inbox absorbs them).
+- A watchdog checks every `consumer_check_seconds` that each queue this process
+  consumes has a consumer at the broker (`consumer_count` of a passive declare) and,
+  when it has none, consumes it again on a fresh channel: after a broker restart
+  aio-pika's restore can leave a consumer channel closed, and then the connection is
+  back, nothing consumes, and events wait in the queue for good. With replicas, a
+  queue another process still consumes is left alone; its events keep flowing.
 
 A process that dies while handling a message gets it redelivered without an attempt
 being counted (classic queues keep no delivery count).
@@ -46,6 +52,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,6 +102,7 @@ class RabbitMQBus(MessageBus):
         publish_timeout: float = 10.0,
         reconnect_interval: float = 1.0,
         announcements: Collection[str] = frozenset(),
+        consumer_check_seconds: float = 5.0,
     ) -> None:
         self.url = url
         self.announcements = frozenset(announcements)
@@ -110,8 +118,11 @@ class RabbitMQBus(MessageBus):
         self._exchange: AbstractExchange | None = None
         self._topology: AbstractChannel | None = None
         self._consumer_channels: list[AbstractChannel] = []
+        self._consumers: list[_Consumer] = []
         self._declared: set[tuple[str, tuple[str, ...]]] = set()
         self._connect_lock = asyncio.Lock()
+        self.consumer_check_seconds = consumer_check_seconds
+        self._watchdog: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -128,10 +139,17 @@ class RabbitMQBus(MessageBus):
             self._topology = await connection.channel()
             self._exchange = await self._channel.declare_exchange(self.exchange_name, ExchangeType.TOPIC, durable=True)
             self._connection = connection
+            self._watchdog = asyncio.create_task(self._watch_consumers(), name="rabbitmq.consumer-watchdog")
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
         self._consumer_channels.clear()
+        self._consumers.clear()
         self._declared.clear()
         if connection is not None:
             with contextlib.suppress(*_TRANSIENT):
@@ -187,16 +205,61 @@ class RabbitMQBus(MessageBus):
 
     async def consume(self, service: str, bindings: Sequence[str], handler: Handler) -> None:
         await self.declare(service, bindings)
+        consumer = _Consumer(service, handler)
+        await self._start(consumer)
+        self._consumers.append(consumer)
+
+    async def _start(self, consumer: _Consumer) -> None:
+        """Consume the service's queue on a channel of its own (a fresh one each time)."""
         connection, _channel, _exchange = self._require()
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
-        queue = await self._declare_queue(channel, service)
+        queue = await self._declare_queue(channel, consumer.service)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._on_message(service, handler, message)
+            await self._on_message(consumer.service, consumer.handler, message)
 
         await queue.consume(on_message, no_ack=False)
+        if consumer.channel is not None:
+            with contextlib.suppress(ValueError):
+                self._consumer_channels.remove(consumer.channel)
+        consumer.channel = channel
         self._consumer_channels.append(channel)
+
+    async def _watch_consumers(self) -> None:
+        """Every `consumer_check_seconds`, consume again each queue of this process that
+        has no consumer at the broker (see the module's docstring)."""
+        while True:
+            await asyncio.sleep(self.consumer_check_seconds)
+            connection = self._connection
+            if connection is None or not await self.is_ready():
+                continue  # reconnecting: aio-pika restores first, we look afterwards
+            for service in sorted({c.service for c in self._consumers}):
+                try:
+                    consumers = await self._consumer_count(service)
+                    if consumers > 0:
+                        continue
+                    log.warning("%s: nobody consumes its queue after a reconnect; consuming it again", service)
+                    for consumer in [c for c in self._consumers if c.service == service]:
+                        old = consumer.channel
+                        await self._start(consumer)
+                        if old is not None:
+                            with contextlib.suppress(*_TRANSIENT, aiormq.exceptions.AMQPError):
+                                await old.close()
+                except (*_TRANSIENT, PublishError) as exc:
+                    log.info("%s: could not check its consumers (%r); trying again later", service, exc)
+
+    async def _consumer_count(self, service: str) -> int:
+        """How many consumers the broker has on the service's queue (a passive declare
+        on a short-lived channel: a channel that fails it is closed by the broker)."""
+        connection, _channel, _exchange = self._require()
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(service, passive=True)
+            return int(queue.declaration_result.consumer_count or 0)
+        finally:
+            with contextlib.suppress(*_TRANSIENT):
+                await channel.close()
 
     async def listen(self, bindings: Sequence[str], handler: Handler) -> None:
         connection, _channel, exchange = self._require()
@@ -397,6 +460,15 @@ class RabbitMQBus(MessageBus):
                 with contextlib.suppress(*_TRANSIENT):
                     await channel.close()
         return replayed
+
+
+@dataclass(slots=True)
+class _Consumer:
+    """One `consume` call of this process: what to consume again should it be lost."""
+
+    service: str
+    handler: Handler
+    channel: AbstractChannel | None = None
 
 
 def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
