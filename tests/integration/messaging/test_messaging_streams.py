@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from prost.kit import db, outbox
 from prost.kit.bus.base import MessageBus, PublishError
 from prost.kit.bus.memory import MemoryBus
+from prost.kit.bus.rabbitmq import RabbitMQBus
 from prost.kit.messages import Envelope
 
 from helpers import eventually
@@ -364,9 +365,29 @@ async def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(engine: Asy
                 await write_stream(engine, stream[300:], chunk=10, pause=0.01)  # the outbox keeps them
             finally:
                 await asyncio.to_thread(_rabbitmqctl, "start_app")  # always give the shared broker back
-            await eventually(lambda: all_handled(engine, "msg_b", service, len(stream)), timeout=120, interval=0.5)
+            try:
+                await eventually(lambda: all_handled(engine, "msg_b", service, len(stream)), timeout=120, interval=0.5)
+            except AssertionError as exc:
+                raise AssertionError(await _where_the_stream_stopped(engine, consumer_bus, service)) from exc
             await eventually(lambda: _drained(engine, "msg_a"), timeout=30)
         await assert_each_counted_once(engine, "msg_b", service, stream)
     finally:
         for b in reversed(harness.buses):
             await b.close()
+
+
+async def _where_the_stream_stopped(engine: AsyncEngine, bus: MessageBus, service: str) -> str:
+    """Where the events of a stalled stream are: still in the outbox, or in the queue."""
+    t = outbox.outbox_of("msg_a")
+    async with engine.connect() as conn:
+        unsent = await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.sent_at.is_(None)))
+    handled = len(await effects(engine, "msg_b", service))
+    assert isinstance(bus, RabbitMQBus)
+    _connection, channel, _exchange = bus._require()
+    queue = await channel.declare_queue(service, passive=True)
+    found = queue.declaration_result
+    return (
+        f"stream stalled: {handled} handled, {unsent} rows unsent in the outbox, {found.message_count} "
+        f"messages and {found.consumer_count} consumers on {service}, consumer channels closed: "
+        f"{[c.is_closed for c in bus._consumer_channels]}"
+    )
