@@ -239,14 +239,14 @@ class RabbitMQBus(MessageBus):
                     consumers = await self._consumer_count(service)
                     if consumers > 0:
                         continue
-                    log.warning("%s: nobody consumes its queue after a reconnect; consuming it again", service)
+                    log.warning("%s: the broker has no consumer on its queue; consuming it again", service)
                     for consumer in [c for c in self._consumers if c.service == service]:
                         old = consumer.channel
                         await self._start(consumer)
                         if old is not None:
                             with contextlib.suppress(*_TRANSIENT, aiormq.exceptions.AMQPError):
                                 await old.close()
-                except (*_TRANSIENT, PublishError) as exc:
+                except Exception as exc:  # a watchdog outlives any surprise: it tries again later
                     log.info("%s: could not check its consumers (%r); trying again later", service, exc)
 
     async def _consumer_count(self, service: str) -> int:
