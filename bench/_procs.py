@@ -172,7 +172,7 @@ def descendants(table: dict[int, ProcessCpu], root: int) -> set[int]:
     return found
 
 
-def infrastructure(p: ProcessCpu) -> str | None:
+def _infrastructure(p: ProcessCpu) -> str | None:
     """'postgresql' or 'rabbitmq' for the servers' processes, None for anything else."""
     if p.name.startswith("postgres"):
         return "postgresql"
@@ -182,14 +182,20 @@ def infrastructure(p: ProcessCpu) -> str | None:
 
 
 def cpu_by(
-    before: dict[int, ProcessCpu], after: dict[int, ProcessCpu], label: Callable[[int, ProcessCpu], str]
+    before: dict[int, ProcessCpu],
+    after: dict[int, ProcessCpu],
+    *,
+    me: str,
+    label: Callable[[int, ProcessCpu], str | None] = lambda _pid, _p: None,
 ) -> dict[str, float]:
-    """CPU seconds spent between two `processes()` readings, summed by `label`, largest first."""
+    """CPU seconds spent between two `processes()` readings, by process, largest first:
+    'postgresql' and 'rabbitmq' for the servers, then what `label` names (None: not
+    its own), `me` for this process, and 'other' for the rest of the machine."""
     spent: dict[str, float] = {}
     for pid, p in after.items():
         earlier = before.get(pid)
         used = p.seconds - (earlier.seconds if earlier is not None and earlier.name == p.name else 0.0)
         if used > 0:
-            key = label(pid, p)
+            key = _infrastructure(p) or label(pid, p) or (me if pid == os.getpid() else "other")
             spent[key] = spent.get(key, 0.0) + used
     return dict(sorted(spent.items(), key=lambda kv: -kv[1]))

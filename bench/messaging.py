@@ -55,7 +55,7 @@ from prost.kit.migrations import ensure_database
 from prost.runtime.loop import freeze_startup_heap, run  # uvloop, as the servers run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _procs import ProcessCpu, cpu_by, infrastructure, processes
+from _procs import ProcessCpu, cpu_by, processes
 
 SCHEMA = "bench"
 metadata = schema_metadata(SCHEMA)
@@ -127,12 +127,6 @@ async def raw_rate(url: str, n: int, body: bytes) -> dict[str, float]:
         await queue.cancel(consumer_tag)
         await queue.delete(if_unused=False, if_empty=False)
     return {"rate": n / elapsed, "publish_rate": n / published, "messages": n}
-
-
-def _raw_label(pid: int, p: ProcessCpu) -> str:
-    if (kind := infrastructure(p)) is not None:
-        return kind
-    return "publisher and consumer" if pid == os.getpid() else "other"
 
 
 # -- 2-4. the pipeline -----------------------------------------------------------------
@@ -319,16 +313,12 @@ class TwoProcesses:
         start, committed = await asyncio.to_thread(self.pipe.recv)
         await self.consumer.wait()
         result: dict[str, Any] = dict(measure(start, committed, self.consumer.handled))
-        spent = cpu_by(before, processes(), self._label)
+        spent = cpu_by(before, processes(), me="consumer", label=self._label)
         result["cpu_us_per_event"] = {name: round(1e6 * s / len(committed)) for name, s in spent.items()}
         return result
 
-    def _label(self, pid: int, p: ProcessCpu) -> str:
-        if (kind := infrastructure(p)) is not None:
-            return kind
-        if pid == self.process.pid:
-            return "producer"
-        return "consumer" if pid == os.getpid() else "other"
+    def _label(self, pid: int, _p: ProcessCpu) -> str | None:
+        return "producer" if pid == self.process.pid else None
 
     async def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -387,7 +377,7 @@ async def main() -> None:
 
     before = processes()
     raw_before = await raw_rate(args.broker, args.raw_events, body)
-    raw_cpu = cpu_by(before, processes(), _raw_label)
+    raw_cpu = cpu_by(before, processes(), me="publisher and consumer")
     print(f"raw aio-pika (confirmed publish + manual-ack consume): {raw_before['rate']:.0f} msg/s")
 
     url, drop = await prepare_database(args.database)

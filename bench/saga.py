@@ -69,7 +69,6 @@ from _procs import (
     free_port,
     fresh_database,
     fresh_vhost,
-    infrastructure,
     processes,
 )
 
@@ -133,19 +132,16 @@ def server_cpu_seconds(table: dict[int, ProcessCpu], root: int | None) -> float:
     return sum(table[pid].seconds for pid in descendants(table, root) if pid in table)
 
 
-def labeller(table: dict[int, ProcessCpu], root: int | None) -> Callable[[int, ProcessCpu], str]:
-    """Names a process for the CPU breakdown: PostgreSQL and RabbitMQ, the server's own
-    processes (`serve <service>` in the distributed mode, `prost` for the embedded one
-    or the distributed parent), this client, and `other`."""
+def labeller(table: dict[int, ProcessCpu], root: int | None) -> Callable[[int, ProcessCpu], str | None]:
+    """Names the server's own processes for the CPU breakdown: `serve <service>` in the
+    distributed mode, `prost` for the embedded one or the distributed parent."""
     server = descendants(table, root) if root is not None else set()
 
-    def label(pid: int, p: ProcessCpu) -> str:
-        if (kind := infrastructure(p)) is not None:
-            return kind
-        if pid in server:
-            words = p.cmdline.split()
-            return words[words.index("serve") + 1] if "serve" in words[:-1] else "prost"
-        return "client" if pid == os.getpid() else "other"
+    def label(pid: int, p: ProcessCpu) -> str | None:
+        if pid not in server:
+            return None
+        words = p.cmdline.split()
+        return words[words.index("serve") + 1] if "serve" in words[:-1] else "prost"
 
     return label
 
@@ -422,7 +418,7 @@ async def measure(
     after = processes()
     phase.server_cpu = server_cpu_seconds(after, target.pid) - server_cpu_seconds(before, target.pid)
     phase.machine_cpu = machine_cpu_seconds() - machine0
-    phase.cpu_by_process = cpu_by(before, after, labeller(after, target.pid))
+    phase.cpu_by_process = cpu_by(before, after, me="client", label=labeller(after, target.pid))
     wall1 = wall0 + phase.seconds
     await settle(api, admin, phase, window_start=wall0, window_end=max(wall1, wall0 + window))
     return phase

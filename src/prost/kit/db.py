@@ -136,15 +136,14 @@ class Session:
     outside any (`autocommit`). Handlers, repositories and `outbox.add_to_outbox`
     take it; see the module's docstring for the two ways it speaks."""
 
-    __slots__ = ("_after_commit", "_conn", "_core", "driver", "in_transaction")
+    __slots__ = ("_after_commit", "_conn", "_core", "driver")
 
-    def __init__(self, conn: AsyncConnection, driver: asyncpg.Connection, *, in_transaction: bool) -> None:
+    def __init__(self, conn: AsyncConnection, driver: asyncpg.Connection) -> None:
         self._conn = conn
         self._core: AsyncConnection | None = None
         self._after_commit: list[Callable[[], None]] | None = None
         self.driver = driver
         """The asyncpg connection underneath (for what `Sql` does not cover: LISTEN, COPY)."""
-        self.in_transaction = in_transaction
 
     @property
     def engine(self) -> AsyncEngine:
@@ -156,7 +155,7 @@ class Session:
         the transaction, only if it commits; outside a transaction (each statement
         commits by itself) at once. For telling this process's other parts about the
         change (the outbox wakes its relay); it must not raise, the work is done."""
-        if not self.in_transaction:
+        if not self.driver.is_in_transaction():
             callback()
         elif self._after_commit is None:
             self._after_commit = [callback]
@@ -216,7 +215,7 @@ def mapping(row: asyncpg.Record | sa.Row[Any]) -> Mapping[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _checked_out(engine: AsyncEngine, *, in_transaction: bool) -> AsyncIterator[Session]:
+async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
     """A pooled connection as a session. On the way back, a connection that is closed
     or still inside a transaction (cancelled mid-`COMMIT`, the server gone) is thrown
     away, never given back to the pool to surprise its next user."""
@@ -227,7 +226,7 @@ async def _checked_out(engine: AsyncEngine, *, in_transaction: bool) -> AsyncIte
         # take a greenlet round for an attribute that is already set.
         driver: asyncpg.Connection = checked_out.connection.driver_connection
         try:
-            yield Session(conn, driver, in_transaction=in_transaction)
+            yield Session(conn, driver)
         finally:
             if driver.is_closed() or driver.is_in_transaction():
                 await conn.invalidate()
@@ -237,7 +236,7 @@ async def _checked_out(engine: AsyncEngine, *, in_transaction: bool) -> AsyncIte
 async def transaction(engine: AsyncEngine) -> AsyncIterator[Session]:
     """A pooled connection inside a transaction: committed when the block ends, rolled
     back when it raises."""
-    async with _checked_out(engine, in_transaction=True) as session:
+    async with _checked_out(engine) as session:
         tx = session.driver.transaction()
         await tx.start()
         try:
@@ -258,7 +257,7 @@ async def autocommit(engine: AsyncEngine) -> AsyncIterator[Session]:
     itself. For work that is exactly one statement (a lookup, one insert): one round
     trip instead of three (`BEGIN`, the statement, `COMMIT`/`ROLLBACK`). Two statements
     on it are two transactions, so anything more goes in `transaction(engine)`."""
-    async with _checked_out(engine, in_transaction=False) as session:
+    async with _checked_out(engine) as session:
         yield session
 
 

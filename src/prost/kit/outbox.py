@@ -348,7 +348,7 @@ class OutboxRelay:
         """Relay until cancelled: on every notification, and every `poll_seconds`."""
         helpers = [
             asyncio.create_task(self._listen(), name=f"{self.schema}.outbox-listen"),
-            asyncio.create_task(self._purge_every(self.purge_every_seconds), name=f"{self.schema}.outbox-purge"),
+            asyncio.create_task(self._purge_every(), name=f"{self.schema}.outbox-purge"),
         ]
         backoff = _BACKOFF_MIN
         here = (asyncio.get_running_loop(), self.engine, self.schema)
@@ -386,11 +386,11 @@ class OutboxRelay:
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
 
-    async def _purge_every(self, seconds: float) -> None:
+    async def _purge_every(self) -> None:
         """Purge beside the publishing, never in its way: a purge of a day's rows takes
         seconds, and no row waits for it to end."""
         while True:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(self.purge_every_seconds)
             try:
                 purged = await self.purge()
             except db.DATABASE_ERRORS as exc:

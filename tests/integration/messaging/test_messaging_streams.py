@@ -124,10 +124,14 @@ async def test_two_relays_over_ten_thousand_rows_publish_every_row_once(engine: 
     await assert_each_counted_once(engine, "msg_b", service, stream)
 
 
-async def _drained(engine: AsyncEngine, schema: str) -> bool:
+async def _outbox_rows(engine: AsyncEngine, schema: str, where: sa.ColumnElement[bool]) -> int:
     t = outbox.outbox_of(schema)
     async with engine.connect() as conn:
-        return not await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.sent_at.is_(None)))
+        return int(await conn.scalar(sa.select(sa.func.count()).select_from(t).where(where)) or 0)
+
+
+async def _drained(engine: AsyncEngine, schema: str) -> bool:
+    return not await _outbox_rows(engine, schema, outbox.outbox_of(schema).c.sent_at.is_(None))
 
 
 async def test_relays_over_two_schemas_at_once_each_publish_their_own(engine: AsyncEngine, harness: Harness) -> None:
@@ -296,9 +300,7 @@ async def test_the_relay_purges_by_itself_and_publishes_while_a_purge_runs(engin
 
 
 async def _gone(engine: AsyncEngine, event_id: uuid.UUID) -> bool:
-    t = outbox.outbox_of("msg_a")
-    async with engine.connect() as conn:
-        return not await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.event_id == event_id))
+    return not await _outbox_rows(engine, "msg_a", outbox.outbox_of("msg_a").c.event_id == event_id)
 
 
 async def _new_backend(engine: AsyncEngine, old: int) -> list[int]:
@@ -378,9 +380,7 @@ async def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(engine: Asy
 
 async def _where_the_stream_stopped(engine: AsyncEngine, bus: MessageBus, service: str) -> str:
     """Where the events of a stalled stream are: still in the outbox, or in the queue."""
-    t = outbox.outbox_of("msg_a")
-    async with engine.connect() as conn:
-        unsent = await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.sent_at.is_(None)))
+    unsent = await _outbox_rows(engine, "msg_a", outbox.outbox_of("msg_a").c.sent_at.is_(None))
     handled = len(await effects(engine, "msg_b", service))
     assert isinstance(bus, RabbitMQBus)
     _connection, channel, _exchange = bus._require()

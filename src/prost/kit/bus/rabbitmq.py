@@ -139,7 +139,6 @@ class RabbitMQBus(MessageBus):
             self._topology = await connection.channel()
             self._exchange = await self._channel.declare_exchange(self.exchange_name, ExchangeType.TOPIC, durable=True)
             self._connection = connection
-            self._watchdog = asyncio.create_task(self._watch_consumers(), name="rabbitmq.consumer-watchdog")
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -208,6 +207,8 @@ class RabbitMQBus(MessageBus):
         consumer = _Consumer(service, handler)
         await self._start(consumer)
         self._consumers.append(consumer)
+        if self._watchdog is None:  # only a bus that consumes has consumers to look after
+            self._watchdog = asyncio.create_task(self._watch_consumers(), name="rabbitmq.consumer-watchdog")
 
     async def _start(self, consumer: _Consumer) -> None:
         """Consume the service's queue on a channel of its own (a fresh one each time)."""
@@ -231,8 +232,7 @@ class RabbitMQBus(MessageBus):
         has no consumer at the broker (see the module's docstring)."""
         while True:
             await asyncio.sleep(self.consumer_check_seconds)
-            connection = self._connection
-            if connection is None or not await self.is_ready():
+            if not await self.is_ready():
                 continue  # reconnecting: aio-pika restores first, we look afterwards
             for service in sorted({c.service for c in self._consumers}):
                 try:
