@@ -17,6 +17,11 @@ Measures, on this machine's PostgreSQL and RabbitMQ:
    consuming services, PostgreSQL, RabbitMQ, the rest of the machine).
 3. the same at half the measured maximum rate, paced, for p99 latency.
 4. the in-process bus (embedded mode) end to end, for comparison.
+5. the floor: the work of step 2 written out by hand (`_messaging_floor.py`: asyncpg
+   and aio-pika called directly, the same statements on copies of the same tables,
+   the same two processes), measured right after step 2. Its ratio to raw is what the
+   work itself allows on this machine; prost's rate over the floor's is what prost's
+   own code keeps of it.
 
 Targets: prost's rate >= 40% of the raw rate; p99 < 50 ms at half the max rate.
 The database is a throwaway one (created and dropped); broker objects have unique
@@ -55,6 +60,8 @@ from prost.kit.migrations import ensure_database
 from prost.runtime.loop import freeze_startup_heap, run  # uvloop, as the servers run
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _messaging_floor import Floor
+
 from _procs import ProcessCpu, cpu_by, processes
 
 SCHEMA = "bench"
@@ -326,6 +333,25 @@ class TwoProcesses:
         await asyncio.to_thread(self.process.join, 30)
 
 
+async def floor_rate(database: str, broker: str, n: int) -> dict[str, Any]:
+    """The floor (`_messaging_floor`): the same work written by hand, on the same
+    tables, in the same two-process shape; its rate and CPU per event."""
+    floor = Floor(database, broker, SCHEMA)
+    await floor.start()
+    try:
+        await floor.run(min(500, n))  # warm-up
+        before = processes()
+        start, committed = await floor.run(n)
+        spent = cpu_by(
+            before, processes(), me="consumer", label=lambda pid, _p: "producer" if pid == floor.process.pid else None
+        )
+    finally:
+        await floor.stop()
+    result: dict[str, Any] = dict(measure(start, committed, floor.handled))
+    result["cpu_us_per_event"] = {name: round(1e6 * s / n) for name, s in spent.items()}
+    return result
+
+
 async def prepare_database(server: str) -> tuple[str, Callable[[], Awaitable[None]]]:
     name = f"prost_bench_{uuid.uuid4().hex[:8]}"
     url = str(sa.make_url(server).set(database=name).render_as_string(hide_password=False))
@@ -402,6 +428,7 @@ async def main() -> None:
                 mark = await last_effect(engine)
                 full = await shape.run("flat", args.events)
                 full["consumer_transactions_per_event"] = await consumer_transactions_per_event(engine, mark)
+                floor = await floor_rate(url, args.broker, args.events)
                 # The raw figure again, right after: on a shared machine it drifts
                 # within a run; the ratio is taken against the mean of the two.
                 raw_after = await raw_rate(args.broker, args.raw_events, body)
@@ -412,6 +439,10 @@ async def main() -> None:
                     f"= {full['rate'] / raw:.0%} of raw; latency p50 {full['p50_ms']:.1f} ms, "
                     f"p99 {full['p99_ms']:.1f} ms; consumer transactions per event "
                     f"{full['consumer_transactions_per_event']:.2f}"
+                )
+                print(
+                    f"floor (the same work by hand): {floor['rate']:.0f} events/s = {floor['rate'] / raw:.0%} of raw; "
+                    f"prost does {full['rate'] / floor['rate']:.0%} of it"
                 )
                 half_rate = full["rate"] / 2
                 half = await shape.run("paced", 0, half_rate, args.paced_seconds)
@@ -455,6 +486,10 @@ async def main() -> None:
                 "p99_ms": round(full["p99_ms"], 2),
                 "consumer_transactions_per_event": round(full["consumer_transactions_per_event"], 3),
                 "cpu_us_per_event": full["cpu_us_per_event"],
+                "floor_events_s": round(floor["rate"]),
+                "floor_ratio_to_raw": round(floor["rate"] / raw, 3),
+                "ratio_to_floor": round(full["rate"] / floor["rate"], 3),
+                "floor_cpu_us_per_event": floor["cpu_us_per_event"],
                 "half_rate_events_s": round(half_rate),
                 "half_rate_p50_ms": round(half["p50_ms"], 2),
                 "half_rate_p99_ms": round(half["p99_ms"], 2),
