@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.gateway.edge import install_edge
 from prost.gateway.storefront import mount_storefront
+from prost.kit import db
 from prost.kit.auth import TokenAuthority
 from prost.kit.bus.base import MessageBus
 from prost.kit.http import create_service_app
@@ -29,9 +29,7 @@ def create_embedded_app(
     host: ServiceHost, *, settings: Settings, engine: AsyncEngine, bus: MessageBus, auth: TokenAuthority
 ) -> FastAPI:
     async def database_ready() -> bool:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        return True
+        return await db.is_ready(engine)
 
     app = create_service_app(
         "gateway",

@@ -23,9 +23,8 @@ import sys
 from dataclasses import dataclass, field
 
 import uvicorn
-from sqlalchemy import text
 
-from prost.kit import migrations
+from prost.kit import db, migrations
 from prost.kit.auth import TokenAuthority, TokenRevocations
 from prost.kit.clients import ServiceClients
 from prost.kit.db import create_engine
@@ -94,9 +93,7 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
     await bus.connect()
 
     async def database_ready() -> bool:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        return True
+        return await db.is_ready(engine)
 
     host = ServiceHost(
         [registry.definition(name)],

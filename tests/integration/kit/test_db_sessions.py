@@ -169,3 +169,78 @@ async def test_after_commit_outside_a_transaction_runs_at_once(engine: AsyncEngi
         session.after_commit(lambda: seen.append(1))
         assert seen == [1]
     assert session.engine is engine
+
+
+# -- the units of work's own connections ------------------------------------------------
+
+BACKEND = Sql("SELECT pg_backend_pid()")
+
+
+async def backend_of(engine: AsyncEngine) -> int:
+    async with db.transaction(engine) as session:
+        return int(await session.fetchval(BACKEND))
+
+
+async def test_units_of_work_reuse_one_connection_and_leave_the_pool_to_direct_use(
+    one_connection: AsyncEngine, table: str
+) -> None:
+    """One unit after another runs on the same backend, and the engine's own pool (one
+    connection, no overflow) still serves direct use in between at once: the kept
+    connection is no longer the pool's."""
+    first = await backend_of(one_connection)
+    async with asyncio.timeout(5):
+        assert await count(one_connection, table) == 0  # the pool's slot is free
+    assert await backend_of(one_connection) == first
+
+
+async def test_a_core_statement_that_failed_leaves_the_next_unit_clean(one_connection: AsyncEngine) -> None:
+    with pytest.raises(sa.exc.ProgrammingError):
+        async with db.autocommit(one_connection) as session:
+            await session.execute(sa.text("SELECT * FROM no_such_table_here"))
+    async with db.transaction(one_connection) as session:
+        assert await session.scalar(sa.text("SELECT 41 + 1")) == 42
+
+
+async def test_at_the_limit_a_unit_waits_for_a_connection_given_back(one_connection: AsyncEngine) -> None:
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> int:
+        async with db.transaction(one_connection) as session:
+            inside.set()
+            await release.wait()
+            return int(await session.fetchval(BACKEND))
+
+    held = asyncio.create_task(holder())
+    await inside.wait()
+    waiting = asyncio.create_task(backend_of(one_connection))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # the limit is one connection
+    release.set()
+    assert await waiting == await held  # handed over, not a second connection
+
+
+async def test_at_the_limit_a_unit_that_waits_too_long_gets_the_pools_timeout(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        async with db.transaction(engine):
+            with pytest.raises(sa.exc.TimeoutError):
+                await backend_of(engine)
+        await backend_of(engine)  # and the connection is there again afterwards
+    finally:
+        await engine.dispose()
+
+
+async def test_dispose_closes_the_kept_connections(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=2, max_overflow=0)
+    first = await backend_of(engine)
+    await engine.dispose()
+    probe = await asyncpg.connect(database_url)
+    try:
+        async with asyncio.timeout(10):
+            while await probe.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", first):
+                await asyncio.sleep(0.05)
+    finally:
+        await probe.close()
+    assert await backend_of(engine) != first  # a disposed engine opens afresh
+    await engine.dispose()
