@@ -248,7 +248,7 @@ class _Kept:
         self.timeout = timeout
         self.idle: list[AsyncConnection] = []
         self.open = 0  # checked out of the pool by units of work, idle or in use
-        self.waiting: collections.deque[asyncio.Future[AsyncConnection]] = collections.deque()
+        self.waiting: collections.deque[asyncio.Future[AsyncConnection | None]] = collections.deque()
         self.generation = 0
 
     @classmethod
@@ -262,60 +262,84 @@ class _Kept:
         return _kept.get(engine.sync_engine)
 
     async def take(self) -> tuple[AsyncConnection, int]:
-        if self.idle:
-            return self.idle.pop(), self.generation
-        if self.open < self.limit:
-            self.open += 1
-            opened: AsyncConnection | None = None
-            try:
-                opened = await self.engine.connect()
-                await opened.execution_options(isolation_level="AUTOCOMMIT")
-                fairy = opened.sync_connection.connection  # type: ignore[union-attr]
-                fairy.detach()  # ours from now on: the pool's slot is free for its other users
-            except BaseException:
-                self.open -= 1
-                if opened is not None:
-                    with contextlib.suppress(*DATABASE_ERRORS):
-                        await opened.close()
-                raise
-            return opened, self.generation
-        waiter: asyncio.Future[AsyncConnection] = asyncio.get_running_loop().create_future()
-        self.waiting.append(waiter)
         try:
             async with asyncio.timeout(self.timeout):
-                conn = await waiter
-        except BaseException as exc:
+                while True:
+                    if self.idle:
+                        return self.idle.pop(), self.generation
+                    if self.open < self.limit:
+                        return await self._open(), self.generation
+                    conn = await self._wait()
+                    if conn is not None:
+                        return conn, self.generation
+                    # None: a connection was closed, there is room to open one
+        except TimeoutError:
+            raise sa.exc.TimeoutError(
+                f"no database connection free within {self.timeout:g} s ({self.limit} in use)"
+            ) from None
+
+    async def _open(self) -> AsyncConnection:
+        self.open += 1
+        opened: AsyncConnection | None = None
+        try:
+            opened = await self.engine.connect()
+            await opened.execution_options(isolation_level="AUTOCOMMIT")
+            fairy = opened.sync_connection.connection  # type: ignore[union-attr]
+            fairy.detach()  # ours from now on: the pool's slot is free for its other users
+        except BaseException:
+            self._closed()
+            if opened is not None:
+                with contextlib.suppress(*DATABASE_ERRORS):
+                    await opened.close()
+            raise
+        return opened
+
+    async def _wait(self) -> AsyncConnection | None:
+        waiter: asyncio.Future[AsyncConnection | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
             with contextlib.suppress(ValueError):
                 self.waiting.remove(waiter)
-            if waiter.done() and not waiter.cancelled() and not self._pass_on(conn := waiter.result()):
-                self.idle.append(conn)  # handed over just as this unit gave up: keep it
-            if isinstance(exc, TimeoutError):
-                raise sa.exc.TimeoutError(
-                    f"no database connection free within {self.timeout:g} s ({self.limit} in use)"
-                ) from None
+            if waiter.done() and not waiter.cancelled():
+                # Handed something just as this unit gave up: pass it on.
+                if (conn := waiter.result()) is None:
+                    self._wake_one(None)
+                elif not self._pass_on(conn):
+                    self.idle.append(conn)
             raise
-        return conn, self.generation
 
     async def give_back(self, conn: AsyncConnection, generation: int, *, broken: bool) -> None:
         if broken or generation != self.generation:
             if generation == self.generation:
-                self.open -= 1
+                self._closed()
             _driver(conn).terminate()
             with contextlib.suppress(*DATABASE_ERRORS):
                 await conn.close()
             return
         if self._pass_on(conn):
             return
-        self.open -= 1
+        self._closed()
         await conn.close()  # detached: really closed
 
-    def _pass_on(self, conn: AsyncConnection) -> bool:
-        """To the first unit waiting, else idle if there is room; False if neither."""
+    def _closed(self) -> None:
+        """One connection fewer: a unit waiting may open one."""
+        self.open -= 1
+        self._wake_one(None)
+
+    def _wake_one(self, conn: AsyncConnection | None) -> bool:
         while self.waiting:
             waiter = self.waiting.popleft()
             if not waiter.done():
                 waiter.set_result(conn)
                 return True
+        return False
+
+    def _pass_on(self, conn: AsyncConnection) -> bool:
+        """To the first unit waiting, else idle if there is room; False if neither."""
+        if self._wake_one(conn):
+            return True
         if len(self.idle) < self.size:
             self.idle.append(conn)
             return True

@@ -244,3 +244,28 @@ async def test_dispose_closes_the_kept_connections(database_url: str) -> None:
         await probe.close()
     assert await backend_of(engine) != first  # a disposed engine opens afresh
     await engine.dispose()
+
+
+async def test_at_the_limit_a_unit_waiting_opens_a_new_connection_when_one_breaks(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=60)
+    try:
+        inside = asyncio.Event()
+
+        pids: list[int] = []
+
+        async def breaks() -> None:
+            async with db.transaction(engine) as session:
+                pids.append(int(await session.fetchval(BACKEND)))
+                inside.set()
+                await asyncio.sleep(0.1)
+                session.driver.terminate()  # its COMMIT then fails
+
+        broken = asyncio.create_task(breaks())
+        await inside.wait()
+        async with asyncio.timeout(5):  # not the pool's 60 s
+            fresh = await backend_of(engine)
+        with pytest.raises(asyncpg.InterfaceError):
+            await broken
+        assert fresh != pids[0]
+    finally:
+        await engine.dispose()
