@@ -1,9 +1,11 @@
 """Database plumbing: the unit of work, engine factory, per-schema MetaData, the
 tables every schema has.
 
-The unit of work is a `Session`: one pooled connection inside one transaction that
-`transaction(engine)` begins and ends itself, on the asyncpg connection underneath
-SQLAlchemy's pool. A session speaks two ways over that one connection:
+The unit of work is a `Session`: one connection inside one transaction that
+`transaction(engine)` begins and ends itself, on the asyncpg connection underneath.
+The connections are the unit of work's own (`_Kept`): opened through the engine,
+then kept out of SQLAlchemy's pool and handed from unit to unit. A session speaks
+two ways over that one connection:
 
 - `fetch` / `fetchrow` / `fetchval` / `run` take an `Sql` statement (text with
   `:name` parameters, turned into asyncpg's `$n` form once, where it is defined)
@@ -241,8 +243,8 @@ class _Kept:
     its pool's size and overflow open for its units of work, and as many again for
     direct use of the engine (which `src` does not make)."""
 
-    def __init__(self, engine: AsyncEngine, size: int, limit: int, timeout: float) -> None:
-        self.engine = engine
+    def __init__(self, size: int, limit: int, timeout: float) -> None:
+        # No reference to the engine: the registry's entry goes with the engine.
         self.size = size
         self.limit = max(1, limit)
         self.timeout = timeout
@@ -253,7 +255,7 @@ class _Kept:
 
     @classmethod
     def attach(cls, engine: AsyncEngine, *, size: int, limit: int, timeout: float) -> None:
-        kept = cls(engine, size, limit, timeout)
+        kept = cls(size, limit, timeout)
         _kept[engine.sync_engine] = kept
         sa.event.listen(engine.sync_engine, "engine_disposed", kept._disposed)
 
@@ -261,14 +263,14 @@ class _Kept:
     def of(cls, engine: AsyncEngine) -> _Kept | None:
         return _kept.get(engine.sync_engine)
 
-    async def take(self) -> tuple[AsyncConnection, int]:
+    async def take(self, engine: AsyncEngine) -> tuple[AsyncConnection, int]:
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
                     if self.idle:
                         return self.idle.pop(), self.generation
                     if self.open < self.limit:
-                        return await self._open(), self.generation
+                        return await self._open(engine), self.generation
                     conn = await self._wait()
                     if conn is not None:
                         return conn, self.generation
@@ -278,11 +280,11 @@ class _Kept:
                 f"no database connection free within {self.timeout:g} s ({self.limit} in use)"
             ) from None
 
-    async def _open(self) -> AsyncConnection:
+    async def _open(self, engine: AsyncEngine) -> AsyncConnection:
         self.open += 1
         opened: AsyncConnection | None = None
         try:
-            opened = await self.engine.connect()
+            opened = await engine.connect()
             await opened.execution_options(isolation_level="AUTOCOMMIT")
             fairy = opened.sync_connection.connection  # type: ignore[union-attr]
             fairy.detach()  # ours from now on: the pool's slot is free for its other users
@@ -377,7 +379,7 @@ async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
                 if driver.is_closed() or driver.is_in_transaction():
                     await conn.invalidate()
         return
-    conn, generation = await kept.take()
+    conn, generation = await kept.take(engine)
     driver = _driver(conn)
     try:
         yield Session(conn, driver)
