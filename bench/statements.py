@@ -8,7 +8,9 @@ issued, in two measures:
 2. One unit of work (a pooled connection, `BEGIN`, three statements, `COMMIT`):
    SQLAlchemy's `engine.begin()` with Core built once (what prost did before its
    unit of work was its own), prost's `db.transaction()` with `Sql`, and a bare
-   asyncpg pool (the floor).
+   asyncpg pool (the floor): one unit at a time, then eight in flight at once, as a
+   busy service runs them. One at a time, every round trip also pays a wake-up of
+   the idle event loop, which hides much of what the pool around it costs.
 
 The statement is a typical saga write: an `UPDATE … WHERE id = … RETURNING` of one
 row by primary key, on a table of this run's own. CPU is the process's (user +
@@ -42,6 +44,7 @@ from prost.kit.db import Session, Sql, create_engine
 TABLE = f"bench_statements_{uuid.uuid4().hex[:8]}"
 ROWS = 50
 STATEMENTS_PER_UNIT = 3
+IN_FLIGHT = 8
 
 metadata = sa.MetaData()
 things = sa.Table(
@@ -127,10 +130,30 @@ async def measure(ids: list[uuid.UUID], n: int, way: Way) -> dict[str, float]:
     return {"cpu_us": round(cpu / n * 1e6, 1), "wall_us": round(wall / n * 1e6, 1)}
 
 
-async def measure_all(ways: dict[str, Way], ids: list[uuid.UUID], n: int, title: str) -> dict[str, dict[str, float]]:
+async def measure_in_flight(ids: list[uuid.UUID], n: int, way: Way, workers: int = IN_FLIGHT) -> dict[str, float]:
+    """`n` calls by `workers` coroutines at once, each on rows of its own (no lock
+    waits between them); CPU and wall time per call."""
+
+    async def worker(w: int, calls: int) -> None:
+        mine = ids[w::workers]
+        for k in range(calls):
+            await way(mine[k % len(mine)])
+
+    await asyncio.gather(*(worker(w, 200 // workers) for w in range(workers)))  # warm
+    calls = n // workers
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(w, calls) for w in range(workers)))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    total = calls * workers
+    return {"cpu_us": round(cpu / total * 1e6, 1), "wall_us": round(wall / total * 1e6, 1)}
+
+
+async def measure_all(
+    ways: dict[str, Way], ids: list[uuid.UUID], n: int, title: str, *, in_flight: bool = False
+) -> dict[str, dict[str, float]]:
     results = {}
     for name, way in ways.items():
-        results[name] = await measure(ids, n, way)
+        results[name] = await (measure_in_flight(ids, n, way) if in_flight else measure(ids, n, way))
         print(f"{title} {name}: {results[name]}", file=sys.stderr)
     return results
 
@@ -142,7 +165,10 @@ def ratios(results: dict[str, dict[str, float]], floor: str) -> dict[str, float]
 
 async def run(url: str, n: int) -> dict[str, Any]:
     engine = create_engine(url, pool_size=1, max_overflow=0)
-    pool = await asyncpg.create_pool(db.async_url(url).replace("postgresql+asyncpg://", "postgresql://"), min_size=1)
+    busy_engine = create_engine(url, pool_size=IN_FLIGHT, max_overflow=0)
+    dsn = db.async_url(url).replace("postgresql+asyncpg://", "postgresql://")
+    pool = await asyncpg.create_pool(dsn, min_size=1)
+    busy_pool = await asyncpg.create_pool(dsn, min_size=IN_FLIGHT, max_size=IN_FLIGHT)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
@@ -151,6 +177,13 @@ async def run(url: str, n: int) -> dict[str, Any]:
         async with db.transaction(engine) as session:
             statements = await measure_all(statement_ways(session, await session.core()), ids, n, "statement")
         units = await measure_all(unit_of_work_ways(engine, pool), ids, n // STATEMENTS_PER_UNIT, "unit of work")
+        busy = await measure_all(
+            unit_of_work_ways(busy_engine, busy_pool),
+            ids,
+            n // STATEMENTS_PER_UNIT,
+            f"unit of work, {IN_FLIGHT} in flight",
+            in_flight=True,
+        )
         return {
             "bench": "statements",
             "cpus": os.cpu_count(),
@@ -159,12 +192,16 @@ async def run(url: str, n: int) -> dict[str, Any]:
             "cpu_ratio_to_asyncpg": ratios(statements, "asyncpg_only"),
             "per_unit_of_work": units,
             "unit_cpu_ratio_to_asyncpg_pool": ratios(units, "asyncpg_pool"),
+            "per_unit_of_work_in_flight": busy,
+            "in_flight_unit_cpu_ratio_to_asyncpg_pool": ratios(busy, "asyncpg_pool"),
         }
     finally:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.drop_all)
         await engine.dispose()
+        await busy_engine.dispose()
         await pool.close()
+        await busy_pool.close()
 
 
 def main() -> None:
