@@ -31,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import re
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import cache
@@ -81,21 +82,32 @@ def async_url(url: str) -> str:
     raise ValueError("PROST_DATABASE_URL must be a postgresql:// URL")
 
 
-def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 15, pool_timeout: float = 10.0) -> AsyncEngine:
+RECYCLE_SECONDS = 1800.0
+"""By default, a connection older than this is closed and opened afresh at its next checkout."""
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 15,
+    pool_timeout: float = 10.0,
+    recycle_seconds: float = RECYCLE_SECONDS,
+) -> AsyncEngine:
     engine = create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
         # No pre-ping: it costs a round trip per checkout; a dead connection fails once
         # (503 to the client) and is replaced.
-        pool_recycle=1800,
+        pool_recycle=recycle_seconds,
         pool_timeout=pool_timeout,
         # json/jsonb values come back parsed by orjson, on both ways of speaking
         # (SQLAlchemy sets the driver's codecs with it on every new connection).
         json_deserializer=orjson.loads,
         connect_args={"server_settings": {"application_name": "prost"}},
     )
-    _Kept.attach(engine, size=pool_size, limit=pool_size + max_overflow, timeout=pool_timeout)
+    _Kept.attach(engine, size=pool_size, limit=pool_size + max_overflow, timeout=pool_timeout, recycle=recycle_seconds)
     return engine
 
 
@@ -236,26 +248,30 @@ class _Kept:
     AUTOCOMMIT (the transaction is ours) and detached from the engine's pool, whose
     slot is then free for whoever uses the engine directly (migrations, tests).
     Up to `size` stay open, idle between units; up to `limit` are open at once, the
-    ones beyond `size` closed when given back; at the limit a unit waits (up to
+    ones beyond `size` closed when given back, and one older than `recycle` closed at
+    its next checkout and opened afresh (the pool's `pool_recycle`, which no longer
+    sees them); at the limit a unit waits (up to
     `timeout`, then SQLAlchemy's `TimeoutError`) for one to be given back. A broken
     one is closed. `engine.dispose()` closes the idle ones; one in use at that moment
     is closed when it is given back. An engine made by `create_engine` thus has up to
     its pool's size and overflow open for its units of work, and as many again for
     direct use of the engine (which `src` does not make)."""
 
-    def __init__(self, size: int, limit: int, timeout: float) -> None:
+    def __init__(self, size: int, limit: int, timeout: float, recycle: float) -> None:
         # No reference to the engine: the registry's entry goes with the engine.
         self.size = size
         self.limit = max(1, limit)
         self.timeout = timeout
+        self.recycle = recycle
         self.idle: list[AsyncConnection] = []
+        self.born: dict[AsyncConnection, float] = {}  # when each open one was opened (monotonic)
         self.open = 0  # checked out of the pool by units of work, idle or in use
         self.waiting: collections.deque[asyncio.Future[AsyncConnection | None]] = collections.deque()
         self.generation = 0
 
     @classmethod
-    def attach(cls, engine: AsyncEngine, *, size: int, limit: int, timeout: float) -> None:
-        kept = cls(size, limit, timeout)
+    def attach(cls, engine: AsyncEngine, *, size: int, limit: int, timeout: float, recycle: float) -> None:
+        kept = cls(size, limit, timeout, recycle)
         _kept[engine.sync_engine] = kept
         sa.event.listen(engine.sync_engine, "engine_disposed", kept._disposed)
 
@@ -267,8 +283,11 @@ class _Kept:
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
-                    if self.idle:
-                        return self.idle.pop(), self.generation
+                    while self.idle:
+                        idle = self.idle.pop()
+                        if time.monotonic() - self.born.get(idle, 0.0) < self.recycle:
+                            return idle, self.generation
+                        await self._close(idle)  # too old: opened afresh below
                     if self.open < self.limit:
                         return await self._open(engine), self.generation
                     conn = await self._wait()
@@ -288,6 +307,7 @@ class _Kept:
             await opened.execution_options(isolation_level="AUTOCOMMIT")
             fairy = opened.sync_connection.connection  # type: ignore[union-attr]
             fairy.detach()  # ours from now on: the pool's slot is free for its other users
+            self.born[opened] = time.monotonic()
         except BaseException:
             self._closed()
             if opened is not None:
@@ -314,16 +334,18 @@ class _Kept:
 
     async def give_back(self, conn: AsyncConnection, generation: int, *, broken: bool) -> None:
         if broken or generation != self.generation:
-            if generation == self.generation:
-                self._closed()
-            _driver(conn).terminate()
-            with contextlib.suppress(*DATABASE_ERRORS):
-                await conn.close()
-            return
-        if self._pass_on(conn):
-            return
-        self._closed()
-        await conn.close()  # detached: really closed
+            if broken:
+                _driver(conn).terminate()
+            await self._close(conn, counted=generation == self.generation)
+        elif not self._pass_on(conn):
+            await self._close(conn)  # beyond `size`
+
+    async def _close(self, conn: AsyncConnection, *, counted: bool = True) -> None:
+        if counted:
+            self._closed()
+        self.born.pop(conn, None)
+        with contextlib.suppress(*DATABASE_ERRORS):
+            await conn.close()  # detached: really closed
 
     def _closed(self) -> None:
         """One connection fewer: a unit waiting may open one."""
@@ -353,6 +375,7 @@ class _Kept:
         idle, self.idle = self.idle, []
         self.generation += 1
         self.open = 0
+        self.born.clear()
         for conn in idle:
             sync = conn.sync_connection
             if sync is not None:

@@ -269,3 +269,16 @@ async def test_at_the_limit_a_unit_waiting_opens_a_new_connection_when_one_break
         assert fresh != pids[0]
     finally:
         await engine.dispose()
+
+
+async def test_a_kept_connection_older_than_the_recycle_age_is_opened_afresh(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0, recycle_seconds=0.5)
+    try:
+        first = await backend_of(engine)
+        assert await backend_of(engine) == first  # young: kept
+        await asyncio.sleep(0.6)
+        second = await backend_of(engine)
+        assert second != first
+        assert await backend_of(engine) == second
+    finally:
+        await engine.dispose()
