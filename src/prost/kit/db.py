@@ -265,6 +265,10 @@ class _Kept:
         self.recycle = recycle
         self.idle: list[AsyncConnection] = []
         self.born: dict[AsyncConnection, float] = {}  # when each open one was opened (monotonic)
+        # The driver connection of each, read once when it was opened: never read off
+        # the SQLAlchemy connection later, which after an invalidation (a disconnect, a
+        # cancelled Core statement) would check a fresh one out of the pool to answer.
+        self.drivers: dict[AsyncConnection, asyncpg.Connection] = {}
         self.open = 0  # checked out of the pool by units of work, idle or in use
         self.waiting: collections.deque[asyncio.Future[AsyncConnection | None]] = collections.deque()
         self.generation = 0
@@ -306,6 +310,7 @@ class _Kept:
             opened = await engine.connect()
             await opened.execution_options(isolation_level="AUTOCOMMIT")
             fairy = opened.sync_connection.connection  # type: ignore[union-attr]
+            self.drivers[opened] = _driver(opened)
             fairy.detach()  # ours from now on: the pool's slot is free for its other users
             self.born[opened] = time.monotonic()
         except BaseException:
@@ -334,18 +339,20 @@ class _Kept:
 
     async def give_back(self, conn: AsyncConnection, generation: int, *, broken: bool) -> None:
         if broken or generation != self.generation:
-            if broken:
-                _driver(conn).terminate()
-            await self._close(conn, counted=generation == self.generation)
+            await self._close(conn, counted=generation == self.generation, terminate=broken)
         elif not self._pass_on(conn):
             await self._close(conn)  # beyond `size`
 
-    async def _close(self, conn: AsyncConnection, *, counted: bool = True) -> None:
+    async def _close(self, conn: AsyncConnection, *, counted: bool = True, terminate: bool = False) -> None:
         if counted:
             self._closed()
         self.born.pop(conn, None)
-        with contextlib.suppress(*DATABASE_ERRORS):
-            await conn.close()  # detached: really closed
+        driver = self.drivers.pop(conn, None)
+        if driver is not None and (terminate or _invalidated(conn)):
+            driver.terminate()
+        if not _invalidated(conn):  # an invalidated one has let go of its driver already
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await conn.close()  # detached: really closed
 
     def _closed(self) -> None:
         """One connection fewer: a unit waiting may open one."""
@@ -376,6 +383,7 @@ class _Kept:
         self.generation += 1
         self.open = 0
         self.born.clear()
+        self.drivers.clear()
         for conn in idle:
             sync = conn.sync_connection
             if sync is not None:
@@ -403,11 +411,11 @@ async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
                     await conn.invalidate()
         return
     conn, generation = await kept.take(engine)
-    driver = _driver(conn)
+    driver = kept.drivers[conn]
     try:
         yield Session(conn, driver)
     finally:
-        broken = driver.is_closed() or driver.is_in_transaction()
+        broken = driver.is_closed() or driver.is_in_transaction() or _invalidated(conn)
         try:
             if not broken and conn.in_transaction():
                 # SQLAlchemy's own bookkeeping of a Core statement (it "begins" even
@@ -422,6 +430,12 @@ async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
             raise
         finally:
             await kept.give_back(conn, generation, broken=broken)
+
+
+def _invalidated(conn: AsyncConnection) -> bool:
+    """SQLAlchemy gave the connection up (a disconnect, a cancelled Core statement)."""
+    sync = conn.sync_connection
+    return sync is None or sync.invalidated
 
 
 def _driver(conn: AsyncConnection) -> asyncpg.Connection:

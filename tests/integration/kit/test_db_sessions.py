@@ -282,3 +282,30 @@ async def test_a_kept_connection_older_than_the_recycle_age_is_opened_afresh(dat
         assert await backend_of(engine) == second
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("way", [db.transaction, db.autocommit], ids=["transaction", "autocommit"])
+async def test_after_a_core_statement_cancelled_midway_both_ways_speak_over_one_connection(
+    one_connection: AsyncEngine, table: str, way: Callable[[AsyncEngine], AbstractAsyncContextManager[Session]]
+) -> None:
+    """SQLAlchemy gives up a connection whose Core statement was cancelled, and would
+    take the next Core statement to a fresh connection of the engine's pool. A unit of
+    work's connection is then closed, never kept: the next unit's `Sql` and Core
+    statements run on one connection, and the pool's own is left working."""
+    assert await count(one_connection, table) == 0  # the pool now holds an idle connection
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        async with way(one_connection) as session:
+            started.set()
+            await session.execute(sa.text("SELECT pg_sleep(30)"))
+
+    task = asyncio.create_task(slow())
+    await started.wait()
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with db.transaction(one_connection) as session:
+        assert await session.fetchval(BACKEND) == await session.scalar(sa.text("SELECT pg_backend_pid()"))
+    assert await count(one_connection, table) == 0
