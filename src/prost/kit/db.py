@@ -250,12 +250,12 @@ class _Kept:
     Up to `size` stay open, idle between units; up to `limit` are open at once, the
     ones beyond `size` closed when given back, and one older than `recycle` closed at
     its next checkout and opened afresh (the pool's `pool_recycle`, which no longer
-    sees them); at the limit a unit waits (up to
-    `timeout`, then SQLAlchemy's `TimeoutError`) for one to be given back. A broken
-    one is closed. `engine.dispose()` closes the idle ones; one in use at that moment
-    is closed when it is given back. An engine made by `create_engine` thus has up to
-    its pool's size and overflow open for its units of work, and as many again for
-    direct use of the engine (which `src` does not make)."""
+    sees them). At the limit a unit waits, up to `timeout` (then SQLAlchemy's
+    `TimeoutError`), for one to be given back or closed. A broken one, or one that
+    SQLAlchemy gave up, is closed. `engine.dispose()` closes the idle ones; one in use
+    at that moment is closed when it is given back. An engine made by `create_engine`
+    thus has up to its pool's size and overflow open for its units of work, and as
+    many again for direct use of the engine (which `src` does not make)."""
 
     def __init__(self, size: int, limit: int, timeout: float, recycle: float) -> None:
         # No reference to the engine: the registry's entry goes with the engine.
