@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import asyncpg
@@ -41,6 +41,18 @@ async def count(engine: AsyncEngine, table: str) -> int:
         return int(await conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
 
 
+async def cancel_midway(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `work`, cancel it a moment after it set its event (inside a statement), and
+    check that it ended with the cancellation, not with some error of the clean-up."""
+    started = asyncio.Event()
+    task = asyncio.create_task(work(started))
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def transaction_times(session: Session) -> tuple[object, object]:
     """`now()` twice, a moment apart: the same value inside one transaction."""
     first = await session.fetchval(Sql("SELECT now()"))
@@ -73,20 +85,13 @@ async def test_an_error_rolls_back_both_kinds_of_statement(engine: AsyncEngine, 
 async def test_a_cancelled_block_is_cancelled_and_its_connection_comes_back_clean(
     one_connection: AsyncEngine, table: str
 ) -> None:
-    started = asyncio.Event()
-
-    async def slow() -> None:
+    async def slow(started: asyncio.Event) -> None:
         async with db.transaction(one_connection) as session:
             await session.run(Sql(f"INSERT INTO {table} VALUES (:n)"), n=1)
             started.set()
             await session.fetchval(Sql("SELECT pg_sleep(30)"))
 
-    task = asyncio.create_task(slow())
-    await started.wait()
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_midway(slow)
     assert await count(one_connection, table) == 0
     async with db.transaction(one_connection) as session:  # the pool's one connection again
         first, second = await transaction_times(session)
@@ -293,19 +298,13 @@ async def test_after_a_core_statement_cancelled_midway_both_ways_speak_over_one_
     work's connection is then closed, never kept: the next unit's `Sql` and Core
     statements run on one connection, and the pool's own is left working."""
     assert await count(one_connection, table) == 0  # the pool now holds an idle connection
-    started = asyncio.Event()
 
-    async def slow() -> None:
+    async def slow(started: asyncio.Event) -> None:
         async with way(one_connection) as session:
             started.set()
             await session.execute(sa.text("SELECT pg_sleep(30)"))
 
-    task = asyncio.create_task(slow())
-    await started.wait()
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_midway(slow)
     async with db.transaction(one_connection) as session:
         assert await session.fetchval(BACKEND) == await session.scalar(sa.text("SELECT pg_backend_pid()"))
     assert await count(one_connection, table) == 0
