@@ -320,17 +320,20 @@ class TwoProcesses:
         start, committed = await asyncio.to_thread(self.pipe.recv)
         await self.consumer.wait()
         result: dict[str, Any] = dict(measure(start, committed, self.consumer.handled))
-        spent = cpu_by(before, processes(), me="consumer", label=self._label)
-        result["cpu_us_per_event"] = {name: round(1e6 * s / len(committed)) for name, s in spent.items()}
+        result["cpu_us_per_event"] = cpu_us_per_event(before, self.process.pid, len(committed))
         return result
-
-    def _label(self, pid: int, _p: ProcessCpu) -> str | None:
-        return "producer" if pid == self.process.pid else None
 
     async def stop(self) -> None:
         with contextlib.suppress(OSError):
             self.pipe.send(("stop",))
         await asyncio.to_thread(self.process.join, 30)
+
+
+def cpu_us_per_event(before: dict[int, ProcessCpu], producer: int | None, events: int) -> dict[str, int]:
+    """The machine's CPU since `before`, by process (`producer`'s pid, this process as
+    the consumer, the servers, the rest), in µs per event."""
+    spent = cpu_by(before, processes(), me="consumer", label=lambda pid, _p: "producer" if pid == producer else None)
+    return {name: round(1e6 * seconds / events) for name, seconds in spent.items()}
 
 
 async def floor_rate(database: str, broker: str, n: int) -> dict[str, Any]:
@@ -342,14 +345,10 @@ async def floor_rate(database: str, broker: str, n: int) -> dict[str, Any]:
         await floor.run(min(500, n))  # warm-up
         before = processes()
         start, committed = await floor.run(n)
-        spent = cpu_by(
-            before, processes(), me="consumer", label=lambda pid, _p: "producer" if pid == floor.process.pid else None
-        )
+        cpu = cpu_us_per_event(before, floor.process.pid, n)
     finally:
         await floor.stop()
-    result: dict[str, Any] = dict(measure(start, committed, floor.handled))
-    result["cpu_us_per_event"] = {name: round(1e6 * s / n) for name, s in spent.items()}
-    return result
+    return {**measure(start, committed, floor.handled), "cpu_us_per_event": cpu}
 
 
 async def prepare_database(server: str) -> tuple[str, Callable[[], Awaitable[None]]]:

@@ -8,6 +8,7 @@ with the same storefront pages.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -28,13 +29,10 @@ if TYPE_CHECKING:
 def create_embedded_app(
     host: ServiceHost, *, settings: Settings, engine: AsyncEngine, bus: MessageBus, auth: TokenAuthority
 ) -> FastAPI:
-    async def database_ready() -> bool:
-        return await db.is_ready(engine)
-
     app = create_service_app(
         "gateway",
         title="prost",
-        ready_checks={"database": database_ready, "bus": bus.is_ready},
+        ready_checks={"database": functools.partial(db.is_ready, engine), "bus": bus.is_ready},
         # No early token check here: the services' own check runs in this same process
         # with the same authority, so a second one would only decode every token twice.
         edge=lambda a: install_edge(a, settings=settings, auth=auth, check_tokens=False),

@@ -34,6 +34,7 @@ import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
@@ -264,11 +265,7 @@ class _Kept:
         self.timeout = timeout
         self.recycle = recycle
         self.idle: list[AsyncConnection] = []
-        self.born: dict[AsyncConnection, float] = {}  # when each open one was opened (monotonic)
-        # The driver connection of each, read once when it was opened: never read off
-        # the SQLAlchemy connection later, which after an invalidation (a disconnect, a
-        # cancelled Core statement) would check a fresh one out of the pool to answer.
-        self.drivers: dict[AsyncConnection, asyncpg.Connection] = {}
+        self.opened: dict[AsyncConnection, _Opened] = {}
         self.open = 0  # checked out of the pool by units of work, idle or in use
         self.waiting: collections.deque[asyncio.Future[AsyncConnection | None]] = collections.deque()
         self.generation = 0
@@ -289,7 +286,7 @@ class _Kept:
                 while True:
                     while self.idle:
                         idle = self.idle.pop()
-                        if time.monotonic() - self.born.get(idle, 0.0) < self.recycle:
+                        if time.monotonic() - self.opened[idle].at < self.recycle:
                             return idle, self.generation
                         await self._close(idle)  # too old: opened afresh below
                     if self.open < self.limit:
@@ -310,9 +307,8 @@ class _Kept:
             opened = await engine.connect()
             await opened.execution_options(isolation_level="AUTOCOMMIT")
             fairy = opened.sync_connection.connection  # type: ignore[union-attr]
-            self.drivers[opened] = _driver(opened)
+            self.opened[opened] = _Opened(_driver(opened), time.monotonic())
             fairy.detach()  # ours from now on: the pool's slot is free for its other users
-            self.born[opened] = time.monotonic()
         except BaseException:
             self._closed()
             if opened is not None:
@@ -346,10 +342,9 @@ class _Kept:
     async def _close(self, conn: AsyncConnection, *, counted: bool = True, terminate: bool = False) -> None:
         if counted:
             self._closed()
-        self.born.pop(conn, None)
-        driver = self.drivers.pop(conn, None)
-        if driver is not None and (terminate or _invalidated(conn)):
-            driver.terminate()
+        opened = self.opened.pop(conn, None)
+        if opened is not None and (terminate or _invalidated(conn)):
+            opened.driver.terminate()
         if not _invalidated(conn):  # an invalidated one has let go of its driver already
             with contextlib.suppress(*DATABASE_ERRORS):
                 await conn.close()  # detached: really closed
@@ -382,13 +377,22 @@ class _Kept:
         idle, self.idle = self.idle, []
         self.generation += 1
         self.open = 0
-        self.born.clear()
-        self.drivers.clear()
+        self.opened.clear()
         for conn in idle:
             sync = conn.sync_connection
             if sync is not None:
                 with contextlib.suppress(*DATABASE_ERRORS):
                     sync.close()  # detached: really closed
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A kept connection's driver, read once when it was opened (never read off the
+    SQLAlchemy connection later: after an invalidation, a disconnect or a cancelled
+    Core statement, that would check a fresh one out of the pool to answer), and when."""
+
+    driver: asyncpg.Connection
+    at: float  # time.monotonic()
 
 
 _kept: weakref.WeakKeyDictionary[sa.Engine, _Kept] = weakref.WeakKeyDictionary()
@@ -411,7 +415,7 @@ async def _checked_out(engine: AsyncEngine) -> AsyncIterator[Session]:
                     await conn.invalidate()
         return
     conn, generation = await kept.take(engine)
-    driver = kept.drivers[conn]
+    driver = kept.opened[conn].driver
     try:
         yield Session(conn, driver)
     finally:

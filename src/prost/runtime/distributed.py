@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -92,9 +93,6 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
     bus = make_bus(settings)
     await bus.connect()
 
-    async def database_ready() -> bool:
-        return await db.is_ready(engine)
-
     host = ServiceHost(
         [registry.definition(name)],
         settings=settings,
@@ -104,7 +102,9 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event) -> None:
         urls=peer_urls(settings),
         declare_also=registry.definitions(),
     )
-    app = create_service_app(name, ready_checks={"database": database_ready, "bus": bus.is_ready})
+    app = create_service_app(
+        name, ready_checks={"database": functools.partial(db.is_ready, engine), "bus": bus.is_ready}
+    )
     app.state.auth = auth
     app.state.settings = settings
     host.mount(app)

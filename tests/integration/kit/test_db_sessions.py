@@ -4,17 +4,21 @@ statements) and `autocommit` (each statement a transaction of its own)."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import asyncpg
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prost.kit import db
 from prost.kit.db import Session, Sql, create_engine
+from prost.kit.http import create_service_app
 
 
 @pytest.fixture
@@ -308,3 +312,22 @@ async def test_after_a_core_statement_cancelled_midway_both_ways_speak_over_one_
     async with db.transaction(one_connection) as session:
         assert await session.fetchval(BACKEND) == await session.scalar(sa.text("SELECT pg_backend_pid()"))
     assert await count(one_connection, table) == 0
+
+
+async def test_ready_says_whether_the_database_answers(database_url: str) -> None:
+    """API.md: `GET /ready` is 200 when the database answers, else 503; the check is
+    `db.is_ready`, through the units of work's own connections."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    up = create_engine(database_url, pool_size=1, max_overflow=0)
+    away = create_engine(f"postgresql://postgres@127.0.0.1:{port}/postgres", pool_size=1, max_overflow=0)
+    try:
+        for engine, status, state in ((up, 200, "ok"), (away, 503, "down")):
+            app = create_service_app("test", ready_checks={"database": functools.partial(db.is_ready, engine)})
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                r = await client.get("/ready")
+            assert (r.status_code, r.json()["checks"]) == (status, {"database": state})
+    finally:
+        await up.dispose()
+        await away.dispose()
