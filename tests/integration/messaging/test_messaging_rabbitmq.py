@@ -232,3 +232,79 @@ async def test_a_queue_left_without_its_consumer_is_consumed_again(broker_url: s
         assert len(bus._consumer_channels) == 1  # on a fresh channel, the old one dropped
     finally:
         await bus.close()
+
+
+async def _ready_count(url: str, queue: str) -> int:
+    """Messages ready in a queue (after a consumer closed, its unacked ones are back)."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
+async def test_messages_handled_together_are_acknowledged_in_one_frame(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty handlers that return in the same turn of the event loop (as a batch of the
+    inbox does) give one `multiple` ack, not thirty; every message is acknowledged."""
+    acks: list[bool] = []
+    real_ack = aio_pika.IncomingMessage.ack
+
+    async def counted(self: aio_pika.IncomingMessage, multiple: bool = False) -> None:
+        acks.append(multiple)
+        await real_ack(self, multiple=multiple)
+
+    monkeypatch.setattr(aio_pika.IncomingMessage, "ack", counted)
+    bus = await make_bus(broker_url, prefetch=64)
+    service = unique("orders")
+    gate = asyncio.Event()
+    handled: list[uuid.UUID] = []
+
+    async def handler(e: Envelope) -> None:
+        handled.append(e.event_id)
+        if len(handled) == 30:
+            gate.set()
+        await gate.wait()
+
+    try:
+        await bus.consume(service, ["order.*"], handler)
+        await bus.publish([envelope("order.placed") for _ in range(30)])
+        await eventually(lambda: len(handled) == 30)
+        await eventually(lambda: len(acks) > 0)
+        await asyncio.sleep(0.2)
+        assert acks == [True]
+    finally:
+        await bus.close()
+    assert await _ready_count(broker_url, service) == 0  # all acked: nothing came back
+
+
+async def test_a_message_still_being_handled_holds_no_other_acknowledgement(broker_url: str) -> None:
+    """With 5 messages in flight at most, a first one that takes its time leaves the
+    other four slots turning: the messages after it are acked as they are handled, not
+    when it is. Once it is handled too, every message was handled once and acked."""
+    bus = await make_bus(broker_url, prefetch=5)
+    service = unique("orders")
+    gate = asyncio.Event()
+    handled: list[uuid.UUID] = []
+    first = envelope("order.placed")
+    rest = [envelope("order.placed") for _ in range(11)]
+
+    async def handler(e: Envelope) -> None:
+        if e.event_id == first.event_id:
+            await gate.wait()
+        handled.append(e.event_id)
+
+    try:
+        await bus.consume(service, ["order.*"], handler)
+        await bus.publish([first])
+        await bus.publish(rest)
+        await eventually(lambda: len(handled) == 11)
+        assert first.event_id not in handled
+        gate.set()
+        await eventually(lambda: len(handled) == 12)
+        await asyncio.sleep(0.2)
+    finally:
+        await bus.close()
+    assert sorted(handled) == sorted([first.event_id, *(e.event_id for e in rest)])
+    assert await _ready_count(broker_url, service) == 0

@@ -18,7 +18,11 @@ Layout in the broker, for an exchange `prost.events` and a service `orders` with
   without `mandatory`: the broker drops them when no queue is bound. A batch is sent with
   all its messages in flight at once and the outcome is told per envelope.
 - Consuming: one channel per `consume` call with `prefetch` unacknowledged messages;
-  consumers of one service share its queue (competing consumers).
+  consumers of one service share its queue (competing consumers). A handled message
+  is acknowledged once its handler returned; the handled messages of one turn of the
+  event loop go together, as one `multiple` ack where their delivery tags allow it
+  (`_Acks`): the inbox commits its events in batches, and a frame per event would be
+  a write and a broker wake-up per event.
 - A handler that raises: the message is republished (confirmed) to the retry queue of
   its attempt, with header `x-prost-attempts` counting failures, then acked. When the
   per-queue TTL expires the broker dead-letters it back to the service queue only
@@ -217,8 +221,10 @@ class RabbitMQBus(MessageBus):
         await channel.set_qos(prefetch_count=self.prefetch)
         queue = await self._declare_queue(channel, consumer.service)
 
+        acks = _Acks()
+
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._on_message(consumer.service, consumer.handler, message)
+            await self._on_message(consumer.service, consumer.handler, message, acks)
 
         await queue.consume(on_message, no_ack=False)
         if consumer.channel is not None:
@@ -336,13 +342,14 @@ class RabbitMQBus(MessageBus):
 
     # -- consuming -------------------------------------------------------------------
 
-    async def _on_message(self, service: str, handler: Handler, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, service: str, handler: Handler, message: AbstractIncomingMessage, acks: _Acks) -> None:
         headers = dict(message.headers or {})
         attempts = _int(headers.get(ATTEMPTS))
         try:
             envelope = Envelope.from_json(message.body)
         except (ValidationError, ValueError) as exc:
             await self._settle_failure(service, message, headers, attempts, f"not an envelope: {exc}", park=True)
+            acks.settled(message)
             return
         token = correlation_id_var.set(envelope.correlation_id)
         try:
@@ -374,9 +381,9 @@ class RabbitMQBus(MessageBus):
                     extra=extra,
                 )
             await self._settle_failure(service, message, headers, attempts, reason, park=park)
+            acks.settled(message)
         else:
-            with contextlib.suppress(*_TRANSIENT):
-                await message.ack()  # a lost ack means a redelivery the inbox absorbs
+            acks.handled(message)  # a lost ack means a redelivery the inbox absorbs
         finally:
             correlation_id_var.reset(token)
 
@@ -469,6 +476,81 @@ class _Consumer:
     service: str
     handler: Handler
     channel: AbstractChannel | None = None
+
+
+class _Acks:
+    """The acknowledgements of one consumer channel, sent a turn of the event loop at a
+    time: `handled(message)` notes a message whose handler returned, and a task then
+    acks every message noted so far.
+
+    A channel's delivery tags are consecutive from 1, and a `multiple` ack of tag T
+    acknowledges every unacknowledged delivery up to T. So the noted messages that
+    continue the run of settled tags from the lowest go as ONE frame, the ack of the
+    highest of them with `multiple`; those above a gap (a delivery still being handled,
+    or being retried) are acked one by one at once, so none holds a prefetch slot while
+    it waits. A failed message settles itself (moved to its retry or dead queue, then
+    acked or given back, one frame) and is reported with `settled` after its frame went
+    out, so a later `multiple` ack never covers a message before its own fate was sent.
+    The frames go out in order, one task at a time, through the channel's writer.
+
+    One instance per `consume`. A channel restored after a reconnect (a new channel
+    underneath) counts its tags afresh, so the count starts again with the first
+    message of the new channel; a message of a closed channel is not acked at all (the
+    broker gives it again, as it would after a single ack that failed)."""
+
+    def __init__(self) -> None:
+        self._channel: object = None  # the channel (aiormq's) the tags below count on
+        self._upto = 0  # every tag up to this one is settled
+        self._settled: set[int] = set()  # settled tags above `_upto`
+        self._handled: dict[int, AbstractIncomingMessage] = {}  # handled, not yet acked
+        self._sender: asyncio.Task[None] | None = None
+
+    def handled(self, message: AbstractIncomingMessage) -> None:
+        if (tag := self._tag(message)) is None:
+            return
+        self._handled[tag] = message
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send(), name="rabbitmq.acks")
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        if (tag := self._tag(message)) is not None:
+            self._settled.add(tag)
+
+    def _tag(self, message: AbstractIncomingMessage) -> int | None:
+        """The message's delivery tag on the channel counted now, None when its channel
+        is closed."""
+        channel = message.channel
+        if channel.is_closed or message.delivery_tag is None:
+            return None
+        if channel is not self._channel:
+            self._channel, self._upto = channel, 0
+            self._settled.clear()
+            self._handled.clear()
+        return message.delivery_tag
+
+    async def _send(self) -> None:
+        try:
+            while self._handled:
+                handled, self._handled = self._handled, {}
+                channel = self._channel
+                last: AbstractIncomingMessage | None = None
+                tag = self._upto + 1
+                while tag in handled or tag in self._settled:
+                    if tag in handled:
+                        last = handled.pop(tag)
+                    else:
+                        self._settled.discard(tag)
+                    tag += 1
+                self._upto = tag - 1
+                with contextlib.suppress(*_TRANSIENT):
+                    if last is not None:
+                        await last.ack(multiple=True)
+                    for alone in handled.values():
+                        await alone.ack()
+                if self._channel is channel:
+                    self._settled.update(handled)
+        finally:
+            self._sender = None
 
 
 def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
