@@ -6,11 +6,13 @@ writer, no pool checkout, no envelope model between the database and the broker.
 
 - producing process: 8 writers, each `BEGIN` / insert one outbox row / `COMMIT`, then
   wake the relay; the relay claims up to 200 unsent rows (`UPDATE ... FOR UPDATE SKIP
-  LOCKED ... RETURNING`, its own transaction), publishes them persistent, mandatory,
-  with publisher confirms, and commits;
+  LOCKED ... RETURNING`, its own transaction, committed without waiting for the WAL
+  flush as prost's is), publishes them persistent, mandatory, with publisher
+  confirms, and commits;
 - consuming process (the caller's): deliveries wait for one transaction at a time,
   which takes up to 32 of them: `BEGIN` / one inbox insert for all (`ON CONFLICT DO
-  NOTHING RETURNING`) / the effect of each new one / `COMMIT`; then each is acked.
+  NOTHING RETURNING`) / the effect of each new one / `COMMIT`; then each is acked
+  (one by one: prost acks a batch in one frame, an advantage the floor does not copy).
 
 What prost adds to this is what it is for: the unit of work, the outbox's and the
 inbox's rules, retries, dead letters, validation, logs. The floor prices the work the
@@ -49,7 +51,8 @@ def _statements(schema: str) -> dict[str, str]:
         "claim": (
             f"UPDATE {schema}.outbox SET sent_at = now(), attempts = attempts + 1 WHERE seq IN ("
             f"SELECT seq FROM {schema}.outbox WHERE sent_at IS NULL ORDER BY seq LIMIT {CLAIM_BATCH} "
-            "FOR UPDATE SKIP LOCKED) RETURNING event_id, event_type, envelope::text"
+            "FOR UPDATE SKIP LOCKED) AND set_config('synchronous_commit', 'off', true) IS NOT NULL "
+            "RETURNING event_id, event_type, envelope::text"
         ),
         "record": (
             f"INSERT INTO {schema}.idempotency_records (kind, event_id, service_name, completed_at) "

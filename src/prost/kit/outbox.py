@@ -18,10 +18,11 @@ Relaying (`OutboxRelay`, one per service schema, any number of replicas):
        relay that dies rolls back: its rows are unsent and free again);
     2. `bus.publish(batch)`: returns once the broker confirmed (memory bus: once every
        subscribed service handled the event or parked it as dead);
-    3. commit (rows the broker did not confirm are put back unsent first).
-    Three round trips a batch: BEGIN, the claim, COMMIT. A crash between 2 and 3
-    publishes the rows again later: delivery is at least once and the consumer's
-    inbox absorbs the duplicate.
+    3. commit (rows the broker did not confirm are put back unsent first), without
+       waiting for the WAL flush (see `_statements`).
+    Three round trips a batch: BEGIN, the claim, COMMIT. A crash between 2 and 3, or
+    a database crash that loses the commit, publishes the rows again later: delivery
+    is at least once and the consumer's inbox absorbs the duplicate.
 
 Failures:
     - `Unroutable` (no queue bound for the routing key): logged at error level, the row
@@ -101,7 +102,13 @@ def _statements(schema: str) -> _Statements:
     Claiming: up to `:batch` unsent rows, oldest first, skipping rows another relay
     holds and the seqs in `:parked` (unroutable for now; may be empty), marked sent in
     the same statement. The mark counts only if the relay's transaction commits, which
-    it does once the broker confirmed, with the rows it did not confirm put back first."""
+    it does once the broker confirmed, with the rows it did not confirm put back first.
+    The same statement makes that commit asynchronous (`synchronous_commit = off` for
+    the transaction, `set_config(..., true)`, true for every row): it returns without
+    waiting for its WAL flush. A database crash can then lose the last few hundred
+    milliseconds of marks, and only as whole transactions: their rows are unsent again
+    and published once more, which the consumers' inboxes absorb. Losing a mark costs
+    a duplicate; waiting for its flush cost every batch a disk write."""
     table = f"{quoted_schema(schema)}.outbox"
     insert = f"INSERT INTO {table} (event_id, event_type, envelope) "
     one = insert + "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))"
@@ -123,7 +130,8 @@ def _statements(schema: str) -> _Statements:
         claim=Sql(
             f"UPDATE {table} SET sent_at = now(), attempts = attempts + 1 WHERE seq IN ("
             f"SELECT seq FROM {table} WHERE sent_at IS NULL AND NOT (seq = ANY(CAST(:parked AS bigint[]))) "
-            "ORDER BY seq LIMIT :batch FOR UPDATE SKIP LOCKED) RETURNING seq, envelope"
+            "ORDER BY seq LIMIT :batch FOR UPDATE SKIP LOCKED) "
+            "AND set_config('synchronous_commit', 'off', true) IS NOT NULL RETURNING seq, envelope"
         ),
     )
 

@@ -239,6 +239,23 @@ async def test_a_crash_between_publish_and_mark_gives_a_duplicate_the_inbox_abso
     assert sorted(await effects(engine, "msg_b", service)) == sorted(e.event_id for e in batch)
 
 
+async def test_the_relays_mark_does_not_wait_for_its_wal_flush_and_nothing_else_changes(engine: AsyncEngine) -> None:
+    """The claim makes its own transaction's commit asynchronous (a lost mark is only a
+    duplicate, as above), and no other: the next unit of work, on the same kept
+    connection or another, commits synchronously again."""
+    await clear_outbox(engine, "msg_a")
+    await write(engine, [envelope("order.placed", producer="msg_a")])
+    show = db.Sql("SHOW synchronous_commit")
+    async with db.transaction(engine) as session:
+        assert await session.fetchval(show) == "on"
+        assert len(await session.fetch(outbox._statements("msg_a").claim, parked=[], batch=10)) == 1
+        assert await session.fetchval(show) == "off"
+    for _ in range(3):
+        async with db.transaction(engine) as session:
+            assert await session.fetchval(show) == "on"
+    assert await unsent(engine, "msg_a") == []
+
+
 async def test_failed_handler_rolls_back_its_effect_and_is_not_marked_processed(engine: AsyncEngine) -> None:
     event = envelope("order.placed")
 
