@@ -7,7 +7,7 @@ stock rules and the locks).
                        → stock.reserved {order_id, lines, expires_at}
                        | stock.reservation_failed {order_id, reason: out_of_stock, shortages}
     payment.requested  extend the order's live reservation to now + TTL (no event; safe
-                       to repeat, so its own short transaction, not the inbox)
+                       to repeat, so one statement of its own, not the inbox)
     order.confirmed    commit: stock goes down → stock.committed {order_id, lines}
     order.cancelled    release → stock.released {kind: order, reason: cancelled, lines}
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 
 from prost.catalog import inventory
-from prost.catalog.repository import run_in_transaction
 from prost.contracts.catalog import (
     Shortage,
     StockCommitted,
@@ -35,7 +34,7 @@ from prost.contracts.catalog import (
     StockReserved,
 )
 from prost.contracts.orders import OrderCancelled, OrderConfirmed, OrderPlaced, PaymentRequested
-from prost.kit import outbox
+from prost.kit import db, outbox
 from prost.kit.db import Session
 from prost.kit.messages import Envelope, Event
 from prost.kit.service import Raw, ServiceContext, Subscription
@@ -76,13 +75,13 @@ async def reserve_stock_for_order(envelope: Envelope, session: Session, ctx: Ser
 
 async def extend_reservation_for_payment(envelope: Envelope, ctx: ServiceContext) -> None:
     """Not through the inbox: an extension is safe to repeat (see `inventory.extend_order`),
-    so it needs no record, and its short transaction runs beside the inbox's instead of
-    waiting its turn behind the steps that do need one."""
+    so it needs no record, and its one statement runs beside the inbox's transaction
+    instead of waiting its turn behind the steps that do need one."""
     requested = PaymentRequested.model_validate(envelope.payload)
-    ttl = ctx.settings.reservation_ttl_seconds
-    await run_in_transaction(
-        ctx.engine, lambda session: inventory.extend_order(session, order_id=requested.order_id, ttl_seconds=ttl)
-    )
+    async with db.autocommit(ctx.engine) as session:
+        await inventory.extend_order(
+            session, order_id=requested.order_id, ttl_seconds=ctx.settings.reservation_ttl_seconds
+        )
 
 
 async def commit_stock_for_confirmed_order(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:

@@ -412,17 +412,23 @@ async def release_hold(session: Session, *, cart_id: uuid.UUID, product_id: uuid
     return True
 
 
+# One statement, so it needs no transaction of its own: the owner's products are
+# locked in id order (the CTE, as `lock_products` does), and each reservation row is
+# changed only once its product is held. A reservation that a writer holding the
+# product ended meanwhile is seen as ended when the lock is granted (the update checks
+# `status` again on the row's latest version).
 _EXTEND = Sql(
-    "UPDATE catalog.inventory_reservations"
+    f"WITH locked AS (SELECT id FROM catalog.products WHERE {_OWNED} ORDER BY id FOR UPDATE)"
+    " UPDATE catalog.inventory_reservations"
     f" SET expires_at = {_TTL_FROM_NOW}, updated_at = now()"
     # An expired reservation is over, even before the sweeper marks it.
     " WHERE kind = :kind AND owner_id = :owner_id AND status = 'active' AND expires_at > now()"
+    " AND product_id IN (SELECT id FROM locked)"
     " RETURNING product_id, quantity, expires_at"
 )
 
 
 async def _extend(session: Session, *, kind: str, owner_id: uuid.UUID, ttl_seconds: float) -> list[Hold]:
-    await lock_products(session, reserved_by=(kind, owner_id))
     rows = await session.fetch(_EXTEND, kind=kind, owner_id=owner_id, ttl=float(ttl_seconds))
     holds = (Hold(r["product_id"], r["quantity"], "active", r["expires_at"]) for r in rows)
     return sorted(holds, key=lambda h: h.product_id)
@@ -651,7 +657,8 @@ async def extend_order(session: Session, *, order_id: uuid.UUID, ttl_seconds: fl
     Needs no lock on the order's row: only `active` reservations move, and a commit or
     a release that ends them first is seen (the update waits for their row locks and
     checks `status` again). Doing it twice moves the deadline twice, to ttl from the
-    later one: harmless, so it needs no inbox record either."""
+    later one: harmless, so it needs no inbox record either. One statement: it needs
+    no transaction of its own (`db.autocommit` will do)."""
     return await _extend(session, kind="order", owner_id=order_id, ttl_seconds=ttl_seconds)
 
 

@@ -4,6 +4,7 @@ payment runs, commit, release; every instruction repeated, late or out of order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from types import SimpleNamespace
@@ -275,6 +276,26 @@ async def test_a_late_payment_requested_moves_no_reservation_that_has_ended(engi
     status, left = await reservation_ends(engine, order)
     assert status == status_before == {"confirmed": "committed", "cancelled": "released", "expired": "active"}[ended_by]
     assert left < 0 if ended_by == "expired" else left <= 5
+
+
+async def test_an_extension_waits_for_its_products_and_then_sees_what_their_holder_did(engine: AsyncEngine) -> None:
+    """The extension is one statement, with the lock order of every stock change: it
+    waits while another writer holds the order's product, and once that writer has
+    ended the reservation (here, sold it) the extension finds it ended and moves
+    nothing."""
+    a, order = await reserved_running_out(engine)
+    async with engine.connect() as holder:
+        await holder.execute(sa.text("SELECT id FROM catalog.products WHERE id = :a FOR UPDATE"), {"a": a})
+        extension = asyncio.create_task(deliver(engine, payment_requested(order)))
+        await asyncio.sleep(0.3)
+        assert not extension.done()  # waiting for the product, the only row locked
+        await holder.execute(
+            sa.text("UPDATE catalog.inventory_reservations SET status = 'committed' WHERE owner_id = :o"), {"o": order}
+        )
+        await holder.commit()
+        await asyncio.wait_for(extension, 10)
+    status, left = await reservation_ends(engine, order)
+    assert (status, left <= 5) == ("committed", True)
 
 
 # -- order.confirmed and order.cancelled ----------------------------------------------
