@@ -348,8 +348,9 @@ class RabbitMQBus(MessageBus):
         try:
             envelope = Envelope.from_json(message.body)
         except (ValidationError, ValueError) as exc:
-            await self._settle_failure(service, message, headers, attempts, f"not an envelope: {exc}", park=True)
-            acks.settled(message)
+            await self._settle_failure(
+                service, message, headers, attempts, f"not an envelope: {exc}", park=True, acks=acks
+            )
             return
         token = correlation_id_var.set(envelope.correlation_id)
         try:
@@ -380,8 +381,7 @@ class RabbitMQBus(MessageBus):
                     reason,
                     extra=extra,
                 )
-            await self._settle_failure(service, message, headers, attempts, reason, park=park)
-            acks.settled(message)
+            await self._settle_failure(service, message, headers, attempts, reason, park=park, acks=acks)
         else:
             acks.handled(message)  # a lost ack means a redelivery the inbox absorbs
         finally:
@@ -396,9 +396,12 @@ class RabbitMQBus(MessageBus):
         reason: str,
         *,
         park: bool,
+        acks: _Acks,
     ) -> None:
         """Move a failed message to its retry queue or to the dead queue, then ack it.
-        If the move is not confirmed the message is given back to its queue instead."""
+        If the move is not confirmed the message is given back to its queue instead.
+        Told to `acks` once that frame went out (not if it failed: then no `multiple`
+        ack may cover the message)."""
         headers = {k: v for k, v in headers.items() if k != "x-death"}
         headers[ATTEMPTS] = attempts
         headers[REASON] = reason[:2000]
@@ -408,16 +411,15 @@ class RabbitMQBus(MessageBus):
             target = self.dead_queue(service)
         else:
             target = self.retry_queue(service, retry_delay_ms(attempts, self.retry_base_delay_ms))
-        copy = _copy(message, headers)
+        moved = True
         try:
-            await self._send_to_queue(target, copy)
+            await self._send_to_queue(target, _copy(message, headers))
         except (aiormq.exceptions.PublishError, *_TRANSIENT) as exc:
             log.warning("%s: could not move a failed message to %s (%r); requeueing it", service, target, exc)
-            with contextlib.suppress(*_TRANSIENT):
-                await message.nack(requeue=True)
-            return
+            moved = False
         with contextlib.suppress(*_TRANSIENT):
-            await message.ack()
+            await (message.ack() if moved else message.nack(requeue=True))
+            acks.settled(message)  # only once its own frame went out
 
     # -- dead letters ----------------------------------------------------------------
 
@@ -490,8 +492,9 @@ class _Acks:
     or being retried) are acked one by one at once, so none holds a prefetch slot while
     it waits. A failed message settles itself (moved to its retry or dead queue, then
     acked or given back, one frame) and is reported with `settled` after its frame went
-    out, so a later `multiple` ack never covers a message before its own fate was sent.
-    The frames go out in order, one task at a time, through the channel's writer.
+    out (not at all if it failed), so a `multiple` ack never covers a message before
+    its own fate was sent. The frames go out in order, one task at a time, through the
+    channel's writer.
 
     One instance per `consume`. A channel restored after a reconnect (a new channel
     underneath) counts its tags afresh, so the count starts again with the first
