@@ -120,26 +120,17 @@ def unit_of_work_ways(engine: AsyncEngine, pool: asyncpg.Pool) -> dict[str, Way]
     }
 
 
-async def measure(ids: list[uuid.UUID], n: int, way: Way) -> dict[str, float]:
-    for k in range(200):  # warm: statement caches, prepared statements
-        await way(ids[k % len(ids)])
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    for k in range(n):
-        await way(ids[k % len(ids)])
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return {"cpu_us": round(cpu / n * 1e6, 1), "wall_us": round(wall / n * 1e6, 1)}
-
-
-async def measure_in_flight(ids: list[uuid.UUID], n: int, way: Way, workers: int = IN_FLIGHT) -> dict[str, float]:
+async def measure(ids: list[uuid.UUID], n: int, way: Way, *, workers: int = 1) -> dict[str, float]:
     """`n` calls by `workers` coroutines at once, each on rows of its own (no lock
-    waits between them); CPU and wall time per call."""
+    waits between them), after a warm-up (statement caches, prepared statements);
+    CPU and wall time per call."""
 
     async def worker(w: int, calls: int) -> None:
         mine = ids[w::workers]
         for k in range(calls):
             await way(mine[k % len(mine)])
 
-    await asyncio.gather(*(worker(w, 200 // workers) for w in range(workers)))  # warm
+    await asyncio.gather(*(worker(w, 200 // workers) for w in range(workers)))
     calls = n // workers
     cpu0, wall0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(w, calls) for w in range(workers)))
@@ -149,11 +140,11 @@ async def measure_in_flight(ids: list[uuid.UUID], n: int, way: Way, workers: int
 
 
 async def measure_all(
-    ways: dict[str, Way], ids: list[uuid.UUID], n: int, title: str, *, in_flight: bool = False
+    ways: dict[str, Way], ids: list[uuid.UUID], n: int, title: str, *, workers: int = 1
 ) -> dict[str, dict[str, float]]:
     results = {}
     for name, way in ways.items():
-        results[name] = await (measure_in_flight(ids, n, way) if in_flight else measure(ids, n, way))
+        results[name] = await measure(ids, n, way, workers=workers)
         print(f"{title} {name}: {results[name]}", file=sys.stderr)
     return results
 
@@ -182,7 +173,7 @@ async def run(url: str, n: int) -> dict[str, Any]:
             ids,
             n // STATEMENTS_PER_UNIT,
             f"unit of work, {IN_FLIGHT} in flight",
-            in_flight=True,
+            workers=IN_FLIGHT,
         )
         return {
             "bench": "statements",

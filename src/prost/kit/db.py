@@ -281,24 +281,35 @@ class _Kept:
         return _kept.get(engine.sync_engine)
 
     async def take(self, engine: AsyncEngine) -> tuple[AsyncConnection, int]:
-        try:
-            async with asyncio.timeout(self.timeout):
-                while True:
-                    while self.idle:
-                        idle = self.idle.pop()
-                        if time.monotonic() - self.opened[idle].at < self.recycle:
-                            return idle, self.generation
-                        await self._close(idle)  # too old: opened afresh below
-                    if self.open < self.limit:
-                        return await self._open(engine), self.generation
-                    conn = await self._wait()
-                    if conn is not None:
-                        return conn, self.generation
-                    # None: a connection was closed, there is room to open one
-        except TimeoutError:
-            raise sa.exc.TimeoutError(
-                f"no database connection free within {self.timeout:g} s ({self.limit} in use)"
-            ) from None
+        conn = await self._idle()  # the usual case, with no timer to arm and disarm
+        if conn is None:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    conn = await self._open_or_wait(engine)
+            except TimeoutError:
+                raise sa.exc.TimeoutError(
+                    f"no database connection free within {self.timeout:g} s ({self.limit} in use)"
+                ) from None
+        return conn, self.generation
+
+    async def _idle(self) -> AsyncConnection | None:
+        """An idle connection younger than `recycle` (older ones are closed on the way)."""
+        while self.idle:
+            idle = self.idle.pop()
+            if time.monotonic() - self.opened[idle].at < self.recycle:
+                return idle
+            await self._close(idle)
+        return None
+
+    async def _open_or_wait(self, engine: AsyncEngine) -> AsyncConnection:
+        while True:
+            if (conn := await self._idle()) is not None:
+                return conn
+            if self.open < self.limit:
+                return await self._open(engine)
+            if (conn := await self._wait()) is not None:
+                return conn
+            # None: a connection was closed, there is room to open one
 
     async def _open(self, engine: AsyncEngine) -> AsyncConnection:
         self.open += 1
@@ -343,9 +354,10 @@ class _Kept:
         if counted:
             self._closed()
         opened = self.opened.pop(conn, None)
-        if opened is not None and (terminate or _invalidated(conn)):
+        invalidated = _invalidated(conn)
+        if opened is not None and (terminate or invalidated):
             opened.driver.terminate()
-        if not _invalidated(conn):  # an invalidated one has let go of its driver already
+        if not invalidated:  # an invalidated one has let go of its driver already
             with contextlib.suppress(*DATABASE_ERRORS):
                 await conn.close()  # detached: really closed
 
