@@ -3,7 +3,11 @@ publishes them (DESIGN.md section 4, step 1).
 
 Writing:
     `add_to_outbox(session, envelope)` inserts a row into `<producer>.outbox` inside the
-    caller's transaction, and makes sure a relay wakes once the row is committed:
+    caller's transaction. A hot statement that knows its events before it runs can
+    carry them instead (`with_events`, `fetch_with_events`): the outbox insert is a CTE
+    of that statement, so the events cost no round trip of their own, and a unit of
+    work that is that one statement needs no transaction at all. Either way a relay
+    wakes once the rows are committed:
     - a relay of that schema running in this process on the session's engine, and
       publishing normally, is woken in-process after the commit (`Session.after_commit`);
     - otherwise the same statement also runs `pg_notify('prost_outbox.<schema>', '')`.
@@ -136,6 +140,66 @@ def _statements(schema: str) -> _Statements:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WithEvents:
+    """A statement that also writes its unit of work's outbox rows (`with_events`)."""
+
+    schema: str
+    quiet: Sql
+    notifying: Sql
+
+
+def with_events(schema: str, text: str, *, only_if: str | None = None) -> WithEvents:
+    """`text`, a statement whose `WITH` list holds `{events}`, with the outbox insert of
+    `<schema>.outbox` in that place: `WITH {events}, o AS (...) SELECT ...`.
+
+    The rows come from the parameters `fetch_with_events` adds (`outbox_*`), in their
+    order; none is a valid value. `only_if` names a CTE of the statement, listed before
+    `{events}`: the rows are written only when it returns a row (an insert that found
+    its key taken writes no event). Without it they are written with the statement,
+    and are undone only with its transaction: a caller that finds the statement did
+    not apply raises."""
+    if "{events}" not in text:
+        raise ValueError("the statement has no {events} place in its WITH list")
+    table = f"{quoted_schema(schema)}.outbox"
+    gate = f"EXISTS (SELECT FROM {only_if})" if only_if else "true"
+
+    def form(notify: str) -> Sql:
+        events = (
+            f"prost_events AS (INSERT INTO {table} (event_id, event_type, envelope) "
+            "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
+            "CAST(:outbox_event_ids AS uuid[]), CAST(:outbox_event_types AS text[]), "
+            "CAST(:outbox_envelopes AS text[])) WITH ORDINALITY AS e (event_id, event_type, envelope, n) "
+            f"WHERE {gate}{notify} ORDER BY e.n)"
+        )
+        return Sql(text.replace("{events}", events))
+
+    return WithEvents(schema=schema, quiet=form(""), notifying=form(" AND pg_notify(:outbox_channel, '') IS NOT NULL"))
+
+
+async def fetch_with_events(
+    session: Session, statement: WithEvents, envelopes: Sequence[Envelope], /, **params: Any
+) -> list[asyncpg.Record]:
+    """Run `statement` with `envelopes` (all of its schema) as its outbox rows: one
+    round trip for both. They are published if and only if what ran commits."""
+    schema = statement.schema
+    if any(envelope.producer != schema for envelope in envelopes):
+        raise ValueError(f"every event of this statement must be produced by {schema}")
+    relays = _local_relays_to_wake(session, schema)
+    rows = {
+        "outbox_event_ids": [e.event_id for e in envelopes],
+        "outbox_event_types": [e.event_type for e in envelopes],
+        "outbox_envelopes": [e.to_json().decode() for e in envelopes],
+    }
+    if relays:
+        found = await session.fetch(statement.quiet, **params, **rows)
+        if envelopes:
+            session.after_commit(functools.partial(_wake_all, relays))
+    else:
+        found = await session.fetch(statement.notifying, **params, **rows, outbox_channel=channel(schema))
+    return found
+
+
 async def add_to_outbox(session: Session, envelope: Envelope) -> None:
     """Queue `envelope` for publishing in `<envelope.producer>.outbox`, in the caller's
     transaction: it is published if and only if that transaction commits."""
@@ -174,8 +238,9 @@ async def _insert(session: Session, schema: str, forms: tuple[Sql, Sql], **param
     """Insert with the `(quiet, notifying)` form of the statement: quiet when a relay of
     this process will be woken after the commit instead."""
     quiet, notifying = forms
-    if _wake_local_relays(session, schema):
+    if relays := _local_relays_to_wake(session, schema):
         await session.run(quiet, **params)
+        session.after_commit(functools.partial(_wake_all, relays))
     else:
         await session.run(notifying, **params, channel=channel(schema))
 
@@ -187,10 +252,11 @@ _local_relays: dict[tuple[asyncio.AbstractEventLoop, AsyncEngine, str], list[Out
 their schema (a relay can only be woken from its own loop)."""
 
 
-def _wake_local_relays(session: Session, schema: str) -> bool:
+def _local_relays_to_wake(session: Session, schema: str) -> list[OutboxRelay] | None:
     """When a relay of this process reads `schema` through the session's own engine and
-    is publishing normally, have it woken once the session commits and return True:
-    the writer then sends no NOTIFY. Otherwise return False and the writer notifies.
+    is publishing normally, the relays to wake once the session commits (the writer
+    registers that after its statement ran: outside a transaction, `after_commit` calls
+    at once) and sends no NOTIFY. Otherwise None, and the writer notifies.
 
     A NOTIFY is dear on this path: PostgreSQL signals every listening backend at each
     commit, and each wakes its client (`bench/messaging.py`: about a tenth of the whole
@@ -202,9 +268,8 @@ def _wake_local_relays(session: Session, schema: str) -> bool:
     then wake as before."""
     relays = _local_relays.get((asyncio.get_running_loop(), session.engine, schema))
     if not relays or not any(relay.healthy for relay in relays):
-        return False
-    session.after_commit(functools.partial(_wake_all, relays))
-    return True
+        return None
+    return relays
 
 
 def _wake_all(relays: list[OutboxRelay]) -> None:
@@ -249,7 +314,7 @@ class OutboxRelay:
         """Set while the LISTEN connection is up (tests and readiness can wait on it)."""
         self.healthy = False
         """True while `run()` goes and its last batch did not fail: this process's writers
-        then wake it themselves instead of notifying (`_wake_local_relays`)."""
+        then wake it themselves instead of notifying (`_local_relays_to_wake`)."""
 
     def wake(self) -> None:
         """Look for unsent rows now (a writer of this process committed some)."""

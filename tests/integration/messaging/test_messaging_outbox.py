@@ -17,7 +17,16 @@ from prost.kit.db import Session
 from prost.kit.messages import Envelope
 
 from helpers import eventually
-from messaging_support import Harness, clear_outbox, counting_handler, effects, envelope, record_effect, relay_for
+from messaging_support import (
+    EFFECTS,
+    Harness,
+    clear_outbox,
+    counting_handler,
+    effects,
+    envelope,
+    record_effect,
+    relay_for,
+)
 
 pytestmark = pytest.mark.usefixtures("schemas")
 
@@ -60,6 +69,61 @@ async def test_outbox_row_commits_with_the_transaction_or_not_at_all(engine: Asy
         await failing_change()
 
     assert [row[0] for row in await unsent(engine, "msg_a")] == [kept.event_id]
+
+
+# A statement of its own that carries its events: an effect, written only when `:go`.
+CARRYING = outbox.with_events(
+    "msg_a",
+    "WITH e AS (INSERT INTO msg_a.effects (service, event_id) "
+    "SELECT 'carrier', :event_id WHERE CAST(:go AS boolean) RETURNING id), {events} SELECT count(*) FROM e",
+    only_if="e",
+)
+
+
+async def _carrier_effects(engine: AsyncEngine, event_id: uuid.UUID) -> int:
+    t = EFFECTS["msg_a"]
+    async with engine.connect() as conn:
+        found = await conn.scalar(sa.select(sa.func.count()).select_from(t).where(t.c.event_id == event_id))
+    return int(found or 0)
+
+
+async def test_a_statement_carries_its_events_in_order_and_only_when_it_wrote(engine: AsyncEngine) -> None:
+    """One statement, outside any transaction: the effect and its events commit
+    together; when the statement writes nothing (`only_if`), no event is written."""
+    await clear_outbox(engine, "msg_a")
+    written, skipped = uuid.uuid4(), uuid.uuid4()
+    first, second = envelope("order.placed", n=1), envelope("order.placed", n=2)
+    async with db.autocommit(engine) as session:
+        assert await outbox.fetch_with_events(session, CARRYING, [first, second], event_id=written, go=True) == [(1,)]
+        assert await outbox.fetch_with_events(
+            session, CARRYING, [envelope("order.placed")], event_id=skipped, go=False
+        ) == [(0,)]
+        assert await outbox.fetch_with_events(session, CARRYING, [], event_id=uuid.uuid4(), go=True) == [(1,)]
+    assert [row[0] for row in await unsent(engine, "msg_a")] == [first.event_id, second.event_id]
+    assert await _carrier_effects(engine, written) == 1
+    assert await _carrier_effects(engine, skipped) == 0
+
+
+async def test_carried_events_roll_back_with_their_transaction_and_keep_to_their_schema(engine: AsyncEngine) -> None:
+    await clear_outbox(engine, "msg_a")
+    effect = uuid.uuid4()
+
+    async def failing_change() -> None:
+        async with db.transaction(engine) as session:
+            await outbox.fetch_with_events(session, CARRYING, [envelope("order.placed")], event_id=effect, go=True)
+            raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
+    async with db.autocommit(engine) as session:
+        with pytest.raises(ValueError, match="msg_a"):
+            await outbox.fetch_with_events(
+                session, CARRYING, [envelope("order.placed", producer="msg_b")], event_id=effect, go=True
+            )
+    assert await unsent(engine, "msg_a") == []
+    assert await _carrier_effects(engine, effect) == 0
+    with pytest.raises(ValueError, match="events"):
+        outbox.with_events("msg_a", "SELECT 1")
 
 
 async def test_a_commit_wakes_the_relays_of_its_own_schema_only(engine: AsyncEngine) -> None:

@@ -244,6 +244,36 @@ async def test_a_relay_is_woken_by_the_writers_of_its_own_process_without_a_noti
     assert await _drained(engine, "msg_a")
 
 
+CARRYING = outbox.with_events(
+    "msg_a", "WITH e AS (SELECT CAST(:n AS int) AS n), {events} SELECT count(*) FROM e", only_if="e"
+)
+
+
+async def test_a_statement_that_carries_events_wakes_the_relay_like_any_writer(
+    engine: AsyncEngine, elsewhere: AsyncEngine
+) -> None:
+    """Events carried by a statement outside any transaction wake the relay of their own
+    process once the statement has committed them, without a NOTIFY; from another
+    engine, the statement itself notifies."""
+    await clear_outbox(engine, "msg_a")
+    bus = Counting(sink())
+    relay = relay_for(engine, bus, "msg_a", poll_seconds=3600)
+    ours, theirs = envelope("thing.happened"), envelope("thing.happened")
+    async with notifications(engine, "msg_a") as heard, running(relay):
+        await eventually(lambda: relay.healthy, timeout=5)
+        async with db.autocommit(engine) as session:
+            await outbox.fetch_with_events(session, CARRYING, [ours], n=1)
+        await eventually(lambda: bus.published == [ours.event_id], timeout=5)
+        await asyncio.sleep(0.2)
+        assert heard.empty()  # no NOTIFY for it
+
+        async with db.autocommit(elsewhere) as session:
+            await outbox.fetch_with_events(session, CARRYING, [theirs], n=1)
+        assert await asyncio.wait_for(heard.get(), 5) == "msg_a"
+        await eventually(lambda: bus.published == [ours.event_id, theirs.event_id], timeout=5)
+    assert await _drained(engine, "msg_a")
+
+
 async def test_while_the_local_relay_fails_its_writers_notify_the_others(
     engine: AsyncEngine, elsewhere: AsyncEngine
 ) -> None:
