@@ -9,8 +9,9 @@
 
 Placing an order: the body is validated (422, nothing stored), the catalog quotes
 prices and names (`/internal/catalog/quote`) while the payments service tokenises
-the card (`/internal/payments/tokens`); then ONE transaction stores the order, its
-lines, its saga, the `order.placed` event and the Idempotency-Key record.
+the card (`/internal/payments/tokens`); then ONE statement stores the order, its
+lines, its saga and the `order.placed` event, in one transaction with the
+Idempotency-Key record when there is one.
 """
 
 from __future__ import annotations
@@ -179,7 +180,10 @@ async def place(
         policy=sg.Policy.from_settings(ctx.settings),
     )
     public = _public_of_new(order_id, user_id, priced, now)
-    async with db.transaction(ctx.engine) as session:
+    # Without an Idempotency-Key the order is one statement (`OrderRepository.add`), which
+    # needs no transaction; with one, its record is claimed and completed beside it.
+    unit = db.transaction(ctx.engine) if request is not None else db.autocommit(ctx.engine)
+    async with unit as session:
         if request is not None and (hit := await IDEMPOTENCY.claim(session, request)) is not None:
             return hit.response()
         orders = OrderRepository(session)

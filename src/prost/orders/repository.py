@@ -40,10 +40,12 @@ def envelope_for(event: Any, *, order_id: uuid.UUID, caused_by: Envelope | None)
 
 # -- orders ------------------------------------------------------------------------------
 
-# The order, its lines and its saga row in one round trip, written once as text (no
-# per-call SQL building: placing an order is the hot path). The lines and the saga
-# select FROM `o`, so nothing is written when the order id already existed.
-_PLACE_ORDER = Sql(
+# The order, its lines, its saga row and the saga's first event in one round trip,
+# written once as text (no per-call SQL building: placing an order is the hot path).
+# The lines, the saga and the event need a row from `o`, so nothing is written when
+# the order id already existed.
+_PLACE_ORDER = outbox.with_events(
+    SERVICE,
     """
     WITH o AS (
         INSERT INTO orders.orders (id, user_id, cart_id, status, total_amount, currency,
@@ -62,9 +64,10 @@ _PLACE_ORDER = Sql(
         INSERT INTO orders.saga_states (order_id, step, status, deadline, version, lines, steps, created_at, updated_at)
         SELECT o.id, CAST(:step AS text), CAST(:saga_status AS text), CAST(:deadline AS timestamptz),
                CAST(:version AS int), CAST(:lines AS jsonb), CAST(:steps AS jsonb), :now, :now FROM o
-    )
+    ), {events}
     SELECT count(*) FROM o
-    """
+    """,
+    only_if="o",
 )
 
 
@@ -85,12 +88,18 @@ class OrderRepository:
         saga: sg.Decision,
         now: datetime,
     ) -> bool:
-        """Insert the order, its lines and its saga (one statement), then the saga's first
-        event. False, with nothing written, when `order_id` already exists."""
+        """Insert the order, its lines, its saga and the saga's first events: one
+        statement, so it needs no transaction of its own. False, with nothing written,
+        when `order_id` already exists."""
         state = saga.saga
         lines = priced.lines
-        created = await self.session.fetchval(
+        envelopes, compensations = _outgoing(state, saga.commands, caused_by=None)
+        if compensations:
+            raise ValueError("a saga starts without compensations")
+        (created,) = await outbox.fetch_with_events(
+            self.session,
             _PLACE_ORDER,
+            envelopes,
             id=order_id,
             user_id=user_id,
             cart_id=cart_id,
@@ -113,10 +122,7 @@ class OrderRepository:
             lines=_json(_lines_json(state.lines)),
             steps=_json(_steps_json(state.steps)),
         )
-        if not created:
-            return False
-        await SagaRepository(self.session).carry_out(state, saga.commands, caused_by=None, now=now)
-        return True
+        return bool(created[0])
 
     async def get(self, order_id: uuid.UUID) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]] | None:
         row = (await self.session.execute(sa.select(orders).where(orders.c.id == order_id))).mappings().first()
@@ -225,9 +231,10 @@ def _json(value: Any) -> str:
 # reservation view changes), the order takes its new status (only if it changed, so
 # `updated_at` is when the status last changed), and the orders' view of the catalog's
 # reservation follows (`track`: `reserved` lines, or every line `committed`/`released`).
-_ADVANCE = Sql(
+_ADVANCE = outbox.with_events(
+    SERVICE,
     """
-    WITH s AS (
+    WITH {events}, s AS (
         UPDATE orders.saga_states
            SET step = :step, status = :saga_status, deadline = :deadline, version = :version,
                steps = coalesce(CAST(:steps AS jsonb), steps), payment_id = :payment_id,
@@ -252,7 +259,7 @@ _ADVANCE = Sql(
          WHERE order_id = :order_id AND CAST(:track AS text) IN ('committed', 'released')
     )
     SELECT count(*) FROM s
-    """
+    """,
 )
 
 # The saga with what it needs of its order and its compensation log, for one order
@@ -317,16 +324,20 @@ class SagaRepository:
 
     async def apply(self, old: sg.Saga, decision: sg.Decision, *, caused_by: Envelope | None, now: datetime) -> None:
         """Write a decision taken on `old` (whose row this transaction has locked): the
-        saga row (only if still at `old.version`), the order's status and the orders'
-        view of the reservation in one statement (`_ADVANCE`); then compensations and
-        events."""
+        saga row (only if still at `old.version`), the order's status, the orders' view
+        of the reservation and the events in one statement (`_ADVANCE`); then the
+        compensation log. A saga no longer at `old.version` raises `StaleSaga`, which
+        rolls the events back with the rest."""
         if not decision.changed:
             return
         new = decision.saga
         tracked = next((c for c in decision.commands if isinstance(c, sg.TrackReservation)), None)
         reserved = tracked.lines if tracked is not None and tracked.status == "reserved" else ()
-        count = await self.session.fetchval(
+        envelopes, sent_for = _outgoing(new, decision.commands, caused_by=caused_by)
+        ((count,),) = await outbox.fetch_with_events(
+            self.session,
             _ADVANCE,
+            envelopes,
             order_id=old.order_id,
             old_version=old.version,
             moved=new != old,
@@ -347,32 +358,14 @@ class SagaRepository:
         )
         if new != old and count != 1:
             raise StaleSaga(f"saga {old.order_id} is no longer at version {old.version}")
-        await self.carry_out(new, decision.commands, caused_by=caused_by, now=now, old=old)
+        await self._log_compensations(new, old, sent_for, now=now)
 
-    async def carry_out(
-        self,
-        new: sg.Saga,
-        commands: Sequence[sg.Command],
-        *,
-        caused_by: Envelope | None,
-        now: datetime,
-        old: sg.Saga | None = None,
+    async def _log_compensations(
+        self, new: sg.Saga, old: sg.Saga, sent_for: Mapping[sg.Action, uuid.UUID], *, now: datetime
     ) -> None:
-        envelopes: list[Envelope] = []
-        sent_for: dict[sg.Action, uuid.UUID] = {}
-        for command in commands:
-            match command:
-                case sg.Send(event=event):
-                    envelopes.append(envelope_for(event, order_id=new.order_id, caused_by=caused_by))
-                case sg.Compensate(action=action, event=event):
-                    envelope = envelope_for(event, order_id=new.order_id, caused_by=caused_by)
-                    envelopes.append(envelope)
-                    sent_for[action] = envelope.event_id
-                case sg.TrackReservation():
-                    pass  # written with the saga row (`_ADVANCE`)
-        # The compensation log follows the saga's state: written before the event is
-        # sent (same transaction as the outbox row, which the relay publishes later).
-        before = old.compensations if old is not None else {}
+        """The compensation log follows the saga's state: written in the transaction of
+        the event that carries the compensation (the relay publishes it later)."""
+        before = old.compensations
         for action, comp in new.compensations.items():
             if action in sent_for:
                 await self._log_compensation(new.order_id, comp, event_id=sent_for[action], now=now)
@@ -387,8 +380,6 @@ class SagaRepository:
                         updated_at=now,
                     )
                 )
-        if envelopes:
-            await outbox.add_all_to_outbox(self.session, envelopes)
 
     async def _log_compensation(
         self, order_id: uuid.UUID, comp: sg.Compensation, *, event_id: uuid.UUID, now: datetime
@@ -414,6 +405,26 @@ class SagaRepository:
             },
         )
         await self.session.execute(stmt)
+
+
+def _outgoing(
+    new: sg.Saga, commands: Sequence[sg.Command], *, caused_by: Envelope | None
+) -> tuple[list[Envelope], dict[sg.Action, uuid.UUID]]:
+    """The events a decision sends, in order, and the event of each compensation it
+    starts (the compensation log records which event carried it)."""
+    envelopes: list[Envelope] = []
+    sent_for: dict[sg.Action, uuid.UUID] = {}
+    for command in commands:
+        match command:
+            case sg.Send(event=event):
+                envelopes.append(envelope_for(event, order_id=new.order_id, caused_by=caused_by))
+            case sg.Compensate(action=action, event=event):
+                envelope = envelope_for(event, order_id=new.order_id, caused_by=caused_by)
+                envelopes.append(envelope)
+                sent_for[action] = envelope.event_id
+            case sg.TrackReservation():
+                pass  # written with the saga row (`_ADVANCE`)
+    return envelopes, sent_for
 
 
 def utcnow() -> datetime:

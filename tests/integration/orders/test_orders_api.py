@@ -16,6 +16,7 @@ from orders_support import (
     final,
     make_product,
     order_body,
+    outbox_events,
     place,
     raw_post,
     saga,
@@ -469,6 +470,7 @@ async def test_the_internal_api_is_idempotent_on_order_id_and_needs_a_service_to
     assert second.status_code == 202
     assert second.json()["id"] == order_id
     assert await count_orders(engine, user["id"]) == 1
+    assert await outbox_events(engine, "orders", order_id, "order.placed") == 1  # the repeat wrote no event
     bad = {**body, "order_id": str(uuid.uuid4()), "payment": {**GOOD_CARD, "card_number": "4242424242424241"}}
     assert (await client.post("/internal/orders", json=bad, headers=bearer(service))).status_code == 422
     assert (await final(client, token, order_id))["status"] in ("confirmed", "cancelled", "rejected")
