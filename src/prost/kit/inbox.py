@@ -80,7 +80,7 @@ def _record_statements(schema: str) -> tuple[Sql, Sql]:
     row, it filters nothing)."""
     insert = f"INSERT INTO {quoted_schema(schema)}.idempotency_records (kind, event_id, service_name, completed_at) "
     conflict = "ON CONFLICT (event_id, service_name) DO NOTHING "
-    one = Sql(insert + "VALUES ('event', :event_id, :service_name, now()) " + conflict + "RETURNING id")
+    one = Sql(record_sql(schema))
     batch = Sql(
         insert
         + "SELECT 'event', e, :service_name, now() FROM unnest(CAST(:event_ids AS uuid[])) AS e "
@@ -89,6 +89,17 @@ def _record_statements(schema: str) -> tuple[Sql, Sql]:
         + "RETURNING event_id"
     )
     return one, batch
+
+
+def record_sql(schema: str) -> str:
+    """`record` as SQL text (`:event_id`, `:service_name`): a row when the event is new.
+    A statement that records its own event has it as a CTE, and does its work only if
+    that CTE returned a row. A NULL `:event_id` records nothing (work caused by no event)."""
+    return (
+        f"INSERT INTO {quoted_schema(schema)}.idempotency_records (kind, event_id, service_name, completed_at) "
+        "SELECT 'event', CAST(:event_id AS uuid), :service_name, now() WHERE CAST(:event_id AS uuid) IS NOT NULL "
+        "ON CONFLICT (event_id, service_name) DO NOTHING RETURNING id"
+    )
 
 
 async def record_batch(

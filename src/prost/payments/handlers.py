@@ -13,8 +13,8 @@ A charge runs in three steps:
    the event is new to the inbox (a new request for the same order), else nothing;
 2. no transaction: call the provider with the payment's idempotency key, retrying
    provider errors with backoff (`domain.RetryPolicy`), bounded by a timeout;
-3. one transaction: the outcome (conditional on `processing`), the inbox record and
-   the outcome event, together.
+3. one statement: the inbox record, the outcome (conditional on `processing` and on
+   the record being new) and the outcome event, together.
 
 A crash between 1 and 3 leaves the event unrecorded: it is delivered again, finds the
 payment still `processing`, calls the provider again with the same key and gets the
@@ -310,37 +310,29 @@ async def settle_charge(
     except _Failed as exc:
         result, problem = None, str(exc)
 
-    async with db.transaction(ctx.engine) as session:
-        if caused_by is not None and not await inbox.record(session, SERVICE, caused_by.event_id):
-            return None
-        if result is None:
-            settled = await repository.settle(
-                session, payment_id=payment.id, status=domain.FAILED, failure_reason=domain.PAYMENT_ERROR
-            )
-        elif result.succeeded:
-            settled = await repository.settle(
-                session,
-                payment_id=payment.id,
-                status=domain.SUCCEEDED,
-                charge_id=result.charge_id,
-                last4=result.last4,
-                brand=result.brand,
-            )
-        else:
-            settled = await repository.settle(
-                session,
-                payment_id=payment.id,
-                status=domain.FAILED,
-                failure_reason=domain.failure_reason(result.decline_code),
-                charge_id=result.charge_id,
-                last4=result.last4,
-                brand=result.brand,
-            )
-        if settled is None:
-            return None  # settled by a concurrent delivery or the resumer; it announced it
-        event = outcome_event(settled)
-        if event is not None:
-            await outbox.add_to_outbox(session, _wrap(event, settled, caused_by))
+    if result is None:
+        outcome = repository.settled(payment, status=domain.FAILED, failure_reason=domain.PAYMENT_ERROR)
+    elif result.succeeded:
+        outcome = repository.settled(
+            payment, status=domain.SUCCEEDED, charge_id=result.charge_id, last4=result.last4, brand=result.brand
+        )
+    else:
+        outcome = repository.settled(
+            payment,
+            status=domain.FAILED,
+            failure_reason=domain.failure_reason(result.decline_code),
+            charge_id=result.charge_id,
+            last4=result.last4,
+            brand=result.brand,
+        )
+    event = outcome_event(outcome)
+    announce = [_wrap(event, outcome, caused_by)] if event is not None else []
+    async with db.autocommit(ctx.engine) as session:  # one statement: the record, the outcome, the event
+        settled = await repository.settle(
+            session, outcome, caused_by=caused_by.event_id if caused_by is not None else None, announce=announce
+        )
+    if settled is None:
+        return None  # this event was handled before, or a concurrent delivery or the resumer settled it
 
     if problem is not None:
         log.warning("%s failed: payment_error (%s)", what, problem, extra=_extra())

@@ -9,14 +9,16 @@ can each change a payment at most once; the loser sees `None` and does nothing.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
-from prost.kit import db
+from prost.kit import db, inbox, outbox
 from prost.kit.db import Session, Sql
+from prost.kit.messages import Envelope
 from prost.payments import domain
 from prost.payments.tables import payments
 
@@ -122,37 +124,64 @@ async def begin_attempt(session: Session, *, payment_id: uuid.UUID) -> bool:
     return done.first() is not None
 
 
-# The card's last four and brand, when the provider told them; else as they were.
-_SETTLE = Sql(
+# A charge's outcome in one statement: the inbox record of the event that asked for it
+# (`r`; none for the resumer's), the payment leaving `processing` if that record is
+# new (`s`; the card's last four and brand when the provider told them, else as they
+# were) and the event that announces it, if `s` wrote.
+_SETTLE = outbox.with_events(
+    domain.SERVICE,
+    f"WITH r AS ({inbox.record_sql(domain.SERVICE)}), s AS ("
     "UPDATE payments.payments SET status = :status, failure_reason = :failure_reason,"
     " provider_charge_id = :charge_id, last4 = coalesce(:last4, last4), brand = coalesce(:brand, brand),"
     " updated_at = now(), settled_at = now()"
-    " WHERE id = :payment_id AND status = :processing " + _RETURNING
+    " WHERE id = :payment_id AND status = :processing"
+    " AND (CAST(:event_id AS uuid) IS NULL OR EXISTS (SELECT FROM r)) " + _RETURNING + "), {events} SELECT * FROM s",
+    only_if="s",
 )
 
 
-async def settle(
-    session: Session,
+def settled(
+    payment: domain.Payment,
     *,
-    payment_id: uuid.UUID,
     status: str,
     failure_reason: str | None = None,
     charge_id: str | None = None,
     last4: str | None = None,
     brand: str | None = None,
-) -> domain.Payment | None:
-    """Record the charge's outcome; None when the payment had already left `processing`."""
-    row = await session.fetchrow(
-        _SETTLE,
-        payment_id=payment_id,
-        processing=domain.PROCESSING,
+) -> domain.Payment:
+    """`payment` as `settle` leaves it (what its announcement is made of)."""
+    return replace(
+        payment,
         status=status,
         failure_reason=failure_reason,
-        charge_id=charge_id,
-        last4=last4,
-        brand=brand,
+        provider_charge_id=charge_id,
+        last4=last4 if last4 is not None else payment.last4,
+        brand=brand if brand is not None else payment.brand,
     )
-    return _payment(row) if row is not None else None
+
+
+async def settle(
+    session: Session, outcome: domain.Payment, *, caused_by: uuid.UUID | None, announce: Sequence[Envelope]
+) -> domain.Payment | None:
+    """Record the charge's `outcome` (from `settled`) and send `announce` with it, in one
+    statement, with the inbox record of the event `caused_by` (if any). None, with
+    nothing written but that record, when the payment had already left `processing`;
+    None with nothing written at all when that event was recorded before."""
+    rows = await outbox.fetch_with_events(
+        session,
+        _SETTLE,
+        announce,
+        event_id=caused_by,
+        service_name=domain.SERVICE,
+        payment_id=outcome.id,
+        processing=domain.PROCESSING,
+        status=outcome.status,
+        failure_reason=outcome.failure_reason,
+        charge_id=outcome.provider_charge_id,
+        last4=outcome.last4,
+        brand=outcome.brand,
+    )
+    return _payment(rows[0]) if rows else None
 
 
 async def note_refund_request(session: Session, *, payment_id: uuid.UUID, reason: str) -> domain.Payment | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -32,9 +33,10 @@ from payments_support import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from prost.kit import inbox
+from prost.kit import db, inbox
+from prost.kit.messages import Envelope
 from prost.kit.service import ServiceContext
-from prost.payments import handlers
+from prost.payments import handlers, repository
 from prost.payments.provider import SimulatedProvider
 from prost.payments.tables import payments
 
@@ -337,3 +339,41 @@ async def test_an_unknown_token_fails_as_payment_error(ctx: ServiceContext, engi
     row = await payment_row(engine, order_of(envelope))
     assert row is not None
     assert (row["status"], row["failure_reason"], row["attempts"]) == ("failed", "payment_error", 1)
+
+
+async def test_an_outcome_is_written_with_its_record_and_its_event_or_not_at_all(engine: AsyncEngine) -> None:
+    """`repository.settle` is one statement: the record of the event that asked, the
+    outcome and its announcement. An event recorded before writes nothing; a payment
+    no longer processing takes the new event's record only."""
+    order_id = uuid.uuid4()
+    new = repository.NewPayment(
+        order_id=order_id,
+        user_id=uuid.uuid4(),
+        amount=Decimal("42.50"),
+        currency="USD",
+        idempotency_key=f"order-{order_id}-charge",
+        card_token="tok_test",
+    )
+    seen_before, first, later = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with db.autocommit(engine) as session:
+        payment = await repository.add(session, new)
+        assert payment is not None
+        outcome = repository.settled(payment, status="succeeded", charge_id="ch_test", last4="4242", brand="visa")
+        event = handlers.outcome_event(outcome)
+        assert event is not None
+
+        def announce() -> list[Envelope]:
+            return [Envelope.wrap(event, producer="payments", correlation_id=order_id)]
+
+        assert await inbox.record(session, "payments", seen_before)
+        assert await repository.settle(session, outcome, caused_by=seen_before, announce=announce()) is None
+        assert (await payment_row(engine, order_id) or {}).get("status") == "processing"
+        assert await events_for(engine, order_id) == []
+
+        settled = await repository.settle(session, outcome, caused_by=first, announce=announce())
+        assert settled == outcome
+        assert await repository.settle(session, outcome, caused_by=later, announce=announce()) is None
+    assert [e.event_type for e in await events_for(engine, order_id)] == ["payment.processed"]
+    async with engine.connect() as conn:
+        assert await inbox.seen(conn, "payments", first)
+        assert await inbox.seen(conn, "payments", later)
