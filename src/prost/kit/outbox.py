@@ -114,14 +114,8 @@ def _statements(schema: str) -> _Statements:
     and published once more, which the consumers' inboxes absorb. Losing a mark costs
     a duplicate; waiting for its flush cost every batch a disk write."""
     table = f"{quoted_schema(schema)}.outbox"
-    insert = f"INSERT INTO {table} (event_id, event_type, envelope) "
-    one = insert + "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))"
-    several = (
-        insert
-        + "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
-        + "CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]), CAST(:envelopes AS text[])"
-        + ") WITH ORDINALITY AS e (event_id, event_type, envelope, n) ORDER BY e.n"
-    )
+    one = f"INSERT INTO {table} (event_id, event_type, envelope) VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))"
+    several = _insert_several(schema)
 
     def notifying(statement: str) -> Sql:
         return Sql(f"WITH ins AS ({statement} RETURNING seq) SELECT pg_notify(:channel, '') FROM ins LIMIT 1")
@@ -137,6 +131,17 @@ def _statements(schema: str) -> _Statements:
             "ORDER BY seq LIMIT :batch FOR UPDATE SKIP LOCKED) "
             "AND set_config('synchronous_commit', 'off', true) IS NOT NULL RETURNING seq, envelope"
         ),
+    )
+
+
+def _insert_several(schema: str, *, prefix: str = "", where: str = "") -> str:
+    """The insert of several rows from three arrays (`:<prefix>event_ids`,
+    `:<prefix>event_types`, `:<prefix>envelopes`), in their order."""
+    return (
+        f"INSERT INTO {quoted_schema(schema)}.outbox (event_id, event_type, envelope) "
+        "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
+        f"CAST(:{prefix}event_ids AS uuid[]), CAST(:{prefix}event_types AS text[]), CAST(:{prefix}envelopes AS text[])"
+        f") WITH ORDINALITY AS e (event_id, event_type, envelope, n){where} ORDER BY e.n"
     )
 
 
@@ -161,17 +166,10 @@ def with_events(schema: str, text: str, *, only_if: str | None = None) -> WithEv
     not apply raises."""
     if "{events}" not in text:
         raise ValueError("the statement has no {events} place in its WITH list")
-    table = f"{quoted_schema(schema)}.outbox"
     gate = f"EXISTS (SELECT FROM {only_if})" if only_if else "true"
 
     def form(notify: str) -> Sql:
-        events = (
-            f"prost_events AS (INSERT INTO {table} (event_id, event_type, envelope) "
-            "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
-            "CAST(:outbox_event_ids AS uuid[]), CAST(:outbox_event_types AS text[]), "
-            "CAST(:outbox_envelopes AS text[])) WITH ORDINALITY AS e (event_id, event_type, envelope, n) "
-            f"WHERE {gate}{notify} ORDER BY e.n)"
-        )
+        events = f"prost_events AS ({_insert_several(schema, prefix='outbox_', where=f' WHERE {gate}{notify}')})"
         return Sql(text.replace("{events}", events))
 
     return WithEvents(schema=schema, quiet=form(""), notifying=form(" AND pg_notify(:outbox_channel, '') IS NOT NULL"))
@@ -186,17 +184,17 @@ async def fetch_with_events(
     if any(envelope.producer != schema for envelope in envelopes):
         raise ValueError(f"every event of this statement must be produced by {schema}")
     relays = _local_relays_to_wake(session, schema)
-    rows = {
+    arrays = {
         "outbox_event_ids": [e.event_id for e in envelopes],
         "outbox_event_types": [e.event_type for e in envelopes],
         "outbox_envelopes": [e.to_json().decode() for e in envelopes],
     }
     if relays:
-        found = await session.fetch(statement.quiet, **params, **rows)
+        found = await session.fetch(statement.quiet, **params, **arrays)
         if envelopes:
             session.after_commit(functools.partial(_wake_all, relays))
     else:
-        found = await session.fetch(statement.notifying, **params, **rows, outbox_channel=channel(schema))
+        found = await session.fetch(statement.notifying, **params, **arrays, outbox_channel=channel(schema))
     return found
 
 
