@@ -355,7 +355,9 @@ async def test_embedded_restart_loses_nothing_the_row_stays_unsent_until_handled
     await write_stream(engine, [event], chunk=1)
 
     relaying = asyncio.create_task(relay_for(engine, first, "msg_a").relay_once())
-    await eventually(lambda: handled_before_stop)
+    await eventually(lambda: handled_before_stop or relaying.done())
+    if not handled_before_stop:  # the relay ended without delivering: say how
+        pytest.fail(f"the relay ended before the subscriber got the event: {relaying.result()!r}")
     await first.close()  # the process stops while the subscriber is still at work
     with pytest.raises(PublishError):
         await relaying
