@@ -312,15 +312,11 @@ async def settle_charge(
 
     if result is None:
         outcome = repository.settled(payment, status=domain.FAILED, failure_reason=domain.PAYMENT_ERROR)
-    elif result.succeeded:
-        outcome = repository.settled(
-            payment, status=domain.SUCCEEDED, charge_id=result.charge_id, last4=result.last4, brand=result.brand
-        )
     else:
         outcome = repository.settled(
             payment,
-            status=domain.FAILED,
-            failure_reason=domain.failure_reason(result.decline_code),
+            status=domain.SUCCEEDED if result.succeeded else domain.FAILED,
+            failure_reason=None if result.succeeded else domain.failure_reason(result.decline_code),
             charge_id=result.charge_id,
             last4=result.last4,
             brand=result.brand,
