@@ -57,7 +57,7 @@ from prost.kit.bus.rabbitmq import RabbitMQBus
 from prost.kit.db import Session, Sql, create_engine, schema_metadata
 from prost.kit.messages import Envelope
 from prost.kit.migrations import ensure_database
-from prost.runtime.loop import freeze_startup_heap, run  # uvloop, as the servers run
+from prost.runtime.loop import run, tune_collector  # uvloop, as the servers run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _messaging_floor import Floor
@@ -282,7 +282,7 @@ async def _producer_main(pipe: Connection, database: str, broker: str, exchange:
     await bus.connect()
     producer = Producer(engine, bus)
     await producer.start()
-    freeze_startup_heap()  # as a service process does once it has started
+    tune_collector()  # as a service process does once it has started
     pipe.send("ready")
     try:
         while True:
@@ -421,7 +421,7 @@ async def main() -> None:
             await consumer.start()
             shape = TwoProcesses(consumer, url, args.broker, exchange)
             await shape.start()
-            freeze_startup_heap()
+            tune_collector()
             try:
                 await shape.run("flat", min(500, args.events))  # warm-up: connections, prepared statements
                 mark = await last_effect(engine)

@@ -62,7 +62,7 @@ def up(
 
 async def _up(settings: Settings) -> None:
     from prost.runtime.embedded import System
-    from prost.runtime.loop import freeze_startup_heap
+    from prost.runtime.loop import tune_collector
 
     system = System(settings)
     with console.status("starting prost", spinner="dots") as status:
@@ -72,7 +72,7 @@ async def _up(settings: Settings) -> None:
         except BaseException:
             await system.stop()
             raise
-    freeze_startup_heap()
+    tune_collector()
     console.print(f"[bold green]prost is up[/] at [link={system.url}]{system.url}[/]")
     console.print(f"  storefront   {system.url}/")
     console.print(f"  API docs     {system.url}/docs")

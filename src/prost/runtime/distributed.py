@@ -34,7 +34,7 @@ from prost.kit.settings import SERVICES, Settings
 from prost.runtime import registry, revocations
 from prost.runtime.embedded import QuietServer, bind_socket, make_bus
 from prost.runtime.host import ServiceHost
-from prost.runtime.loop import freeze_startup_heap
+from prost.runtime.loop import tune_collector
 from prost.runtime.openapi import public_openapi
 from prost.runtime.secrets import SecretMissing, jwt_secret
 
@@ -55,7 +55,7 @@ async def _serve_app(app: object, settings: Settings, stop: asyncio.Event) -> No
     sock = bind_socket(settings.http_host, settings.http_port, reuse_port=True)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", loop="none", http="httptools")  # type: ignore[arg-type]
     server = QuietServer(config)
-    freeze_startup_heap()  # the app and its services are built: what is left is per request
+    tune_collector()  # the app and its services are built: what is left is per request
     task = asyncio.create_task(server.serve(sockets=[sock]))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
