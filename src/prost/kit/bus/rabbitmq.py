@@ -343,6 +343,7 @@ class RabbitMQBus(MessageBus):
     # -- consuming -------------------------------------------------------------------
 
     async def _on_message(self, service: str, handler: Handler, message: AbstractIncomingMessage, acks: _Acks) -> None:
+        acks.received(message)
         headers = dict(message.headers or {})
         attempts = _int(headers.get(ATTEMPTS))
         try:
@@ -480,78 +481,85 @@ class _Consumer:
     channel: AbstractChannel | None = None
 
 
+@dataclass
+class _Tags:
+    """One channel's delivery tags: those whose fate has not gone out yet (being
+    handled, or failed and not settled), and those handled and waiting for their ack."""
+
+    open: set[int]
+    handled: dict[int, AbstractIncomingMessage]
+
+
 class _Acks:
-    """The acknowledgements of one consumer channel, sent a turn of the event loop at a
-    time: `handled(message)` notes a message whose handler returned, and a task then
-    acks every message noted so far.
+    """The acknowledgements of one consumer, sent a turn of the event loop at a time:
+    `received(message)` notes a delivery before its handler runs, `handled(message)` one
+    whose handler returned, and a task then acks every handled message noted so far.
 
-    A channel's delivery tags are consecutive from 1, and a `multiple` ack of tag T
-    acknowledges every unacknowledged delivery up to T. So the noted messages that
-    continue the run of settled tags from the lowest go as ONE frame, the ack of the
-    highest of them with `multiple`; those above a gap (a delivery still being handled,
-    or being retried) are acked one by one at once, so none holds a prefetch slot while
-    it waits. A failed message settles itself (moved to its retry or dead queue, then
-    acked or given back, one frame) and is reported with `settled` after its frame went
-    out (not at all if it failed), so a `multiple` ack never covers a message before
-    its own fate was sent. The frames go out in order, one task at a time, through the
-    channel's writer.
+    A `multiple` ack of tag T acknowledges every unacknowledged delivery of the channel
+    up to T. So the handled messages below the lowest open tag (a delivery still being
+    handled, or being retried) go as ONE frame, the ack of the highest of them with
+    `multiple`; those above it are acked one by one at once, so none holds a prefetch
+    slot while it waits. Every tag below a handled one was received first (deliveries
+    start their handlers in order), so the open set is exact, and it never holds more
+    than the channel's prefetch: the broker sends no more than that unacknowledged.
+    A failed message settles itself (moved to its retry or dead queue, then acked or
+    given back, one frame) and is reported with `settled` after its frame went out (not
+    at all if it failed: then it stays open and no `multiple` ack covers it). A handler
+    that never returns keeps its tag open, and costs nothing else. The frames go out in
+    order, one task at a time, through the channel's writer.
 
-    One instance per `consume`. A channel restored after a reconnect (a new channel
-    underneath) counts its tags afresh, so the count starts again with the first
-    message of the new channel; a message of a closed channel is not acked at all (the
-    broker gives it again, as it would after a single ack that failed)."""
+    One instance per `consume`. Tags count per channel: a channel restored after a
+    reconnect (a new channel underneath) starts from 1, and the tags of a closed channel
+    are dropped; a message of a closed channel is not acked at all (the broker gives it
+    again, as it would after a single ack that failed)."""
 
     def __init__(self) -> None:
-        self._channel: object = None  # the channel (aiormq's) the tags below count on
-        self._upto = 0  # every tag up to this one is settled
-        self._settled: set[int] = set()  # settled tags above `_upto`
-        self._handled: dict[int, AbstractIncomingMessage] = {}  # handled, not yet acked
+        self._channels: dict[aiormq.abc.AbstractChannel, _Tags] = {}  # by the channel underneath, open ones only
         self._sender: asyncio.Task[None] | None = None
 
+    def received(self, message: AbstractIncomingMessage) -> None:
+        if found := self._tags(message):
+            tags, tag = found
+            tags.open.add(tag)
+
     def handled(self, message: AbstractIncomingMessage) -> None:
-        if (tag := self._tag(message)) is None:
-            return
-        self._handled[tag] = message
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send(), name="rabbitmq.acks")
+        if found := self._tags(message):
+            tags, tag = found
+            tags.open.discard(tag)
+            tags.handled[tag] = message
+            if self._sender is None:
+                self._sender = asyncio.create_task(self._send(), name="rabbitmq.acks")
 
     def settled(self, message: AbstractIncomingMessage) -> None:
-        if (tag := self._tag(message)) is not None:
-            self._settled.add(tag)
+        if found := self._tags(message):
+            tags, tag = found
+            tags.open.discard(tag)
 
-    def _tag(self, message: AbstractIncomingMessage) -> int | None:
-        """The message's delivery tag on the channel counted now, None when its channel
-        is closed."""
+    def _tags(self, message: AbstractIncomingMessage) -> tuple[_Tags, int] | None:
+        """The tags of the message's channel and its own tag; None when the channel is
+        closed."""
         channel = message.channel
         if channel.is_closed or message.delivery_tag is None:
             return None
-        if channel is not self._channel:
-            self._channel, self._upto = channel, 0
-            self._settled.clear()
-            self._handled.clear()
-        return message.delivery_tag
+        tags = self._channels.get(channel)
+        if tags is None:
+            self._channels = {c: t for c, t in self._channels.items() if not c.is_closed}
+            tags = self._channels[channel] = _Tags(open=set(), handled={})
+        return tags, message.delivery_tag
 
     async def _send(self) -> None:
         try:
-            while self._handled:
-                handled, self._handled = self._handled, {}
-                channel = self._channel
-                last: AbstractIncomingMessage | None = None
-                tag = self._upto + 1
-                while tag in handled or tag in self._settled:
-                    if tag in handled:
-                        last = handled.pop(tag)
-                    else:
-                        self._settled.discard(tag)
-                    tag += 1
-                self._upto = tag - 1
-                with contextlib.suppress(*_TRANSIENT):
-                    if last is not None:
-                        await last.ack(multiple=True)
-                    for alone in handled.values():
-                        await alone.ack()
-                if self._channel is channel:
-                    self._settled.update(handled)
+            while waiting := [tags for tags in self._channels.values() if tags.handled]:
+                for tags in waiting:
+                    handled, tags.handled = tags.handled, {}
+                    lowest_open = min(tags.open, default=max(handled) + 1)
+                    covered = [tag for tag in handled if tag < lowest_open]
+                    alone = [message for tag, message in handled.items() if tag >= lowest_open]
+                    with contextlib.suppress(*_TRANSIENT):
+                        if covered:
+                            await handled[max(covered)].ack(multiple=True)
+                        for message in alone:
+                            await message.ack()
         finally:
             self._sender = None
 
