@@ -78,17 +78,22 @@ def _record_statements(schema: str) -> tuple[Sql, Sql]:
     run for every consumed message. In the batch's, `set_config(..., true)` is `SET
     LOCAL lock_timeout` for the transaction in the same round trip (true for every
     row, it filters nothing)."""
-    insert = f"INSERT INTO {quoted_schema(schema)}.idempotency_records (kind, event_id, service_name, completed_at) "
-    conflict = "ON CONFLICT (event_id, service_name) DO NOTHING "
     one = Sql(record_sql(schema))
     batch = Sql(
-        insert
+        _insert_into(schema)
         + "SELECT 'event', e, :service_name, now() FROM unnest(CAST(:event_ids AS uuid[])) AS e "
         + "WHERE set_config('lock_timeout', :lock_timeout, true) IS NOT NULL "
-        + conflict
+        + _ON_CONFLICT
         + "RETURNING event_id"
     )
     return one, batch
+
+
+def _insert_into(schema: str) -> str:
+    return f"INSERT INTO {quoted_schema(schema)}.idempotency_records (kind, event_id, service_name, completed_at) "
+
+
+_ON_CONFLICT = "ON CONFLICT (event_id, service_name) DO NOTHING "
 
 
 def record_sql(schema: str) -> str:
@@ -96,9 +101,10 @@ def record_sql(schema: str) -> str:
     A statement that records its own event has it as a CTE, and does its work only if
     that CTE returned a row. A NULL `:event_id` records nothing (work caused by no event)."""
     return (
-        f"INSERT INTO {quoted_schema(schema)}.idempotency_records (kind, event_id, service_name, completed_at) "
-        "SELECT 'event', CAST(:event_id AS uuid), :service_name, now() WHERE CAST(:event_id AS uuid) IS NOT NULL "
-        "ON CONFLICT (event_id, service_name) DO NOTHING RETURNING id"
+        _insert_into(schema)
+        + "SELECT 'event', CAST(:event_id AS uuid), :service_name, now() WHERE CAST(:event_id AS uuid) IS NOT NULL "
+        + _ON_CONFLICT
+        + "RETURNING id"
     )
 
 

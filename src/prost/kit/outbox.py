@@ -114,11 +114,11 @@ def _statements(schema: str) -> _Statements:
     and published once more, which the consumers' inboxes absorb. Losing a mark costs
     a duplicate; waiting for its flush cost every batch a disk write."""
     table = f"{quoted_schema(schema)}.outbox"
-    one = f"INSERT INTO {table} (event_id, event_type, envelope) VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))"
+    one = _insert_into(schema) + "VALUES (:event_id, :event_type, CAST(:envelope AS jsonb))"
     several = _insert_several(schema)
 
     def notifying(statement: str) -> Sql:
-        return Sql(f"WITH ins AS ({statement} RETURNING seq) SELECT pg_notify(:channel, '') FROM ins LIMIT 1")
+        return Sql(f"WITH ins AS ({statement} RETURNING seq) SELECT pg_notify(:outbox_channel, '') FROM ins LIMIT 1")
 
     return _Statements(
         one=notifying(one),
@@ -134,14 +134,18 @@ def _statements(schema: str) -> _Statements:
     )
 
 
+def _insert_into(schema: str) -> str:
+    return f"INSERT INTO {quoted_schema(schema)}.outbox (event_id, event_type, envelope) "
+
+
 def _insert_several(schema: str, *, prefix: str = "", where: str = "") -> str:
     """The insert of several rows from three arrays (`:<prefix>event_ids`,
     `:<prefix>event_types`, `:<prefix>envelopes`), in their order."""
     return (
-        f"INSERT INTO {quoted_schema(schema)}.outbox (event_id, event_type, envelope) "
-        "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
-        f"CAST(:{prefix}event_ids AS uuid[]), CAST(:{prefix}event_types AS text[]), CAST(:{prefix}envelopes AS text[])"
-        f") WITH ORDINALITY AS e (event_id, event_type, envelope, n){where} ORDER BY e.n"
+        _insert_into(schema)
+        + "SELECT e.event_id, e.event_type, CAST(e.envelope AS jsonb) FROM unnest("
+        + f"CAST(:{prefix}event_ids AS uuid[]), CAST(:{prefix}event_types AS text[]), CAST(:{prefix}envelopes AS text[])"
+        + f") WITH ORDINALITY AS e (event_id, event_type, envelope, n){where} ORDER BY e.n"
     )
 
 
@@ -183,26 +187,21 @@ async def fetch_with_events(
     schema = statement.schema
     if any(envelope.producer != schema for envelope in envelopes):
         raise ValueError(f"every event of this statement must be produced by {schema}")
-    relays = _local_relays_to_wake(session, schema)
     arrays = {
         "outbox_event_ids": [e.event_id for e in envelopes],
         "outbox_event_types": [e.event_type for e in envelopes],
         "outbox_envelopes": [e.to_json().decode() for e in envelopes],
     }
-    if relays:
-        found = await session.fetch(statement.quiet, **params, **arrays)
-        if envelopes:
-            session.after_commit(functools.partial(_wake_all, relays))
-    else:
-        found = await session.fetch(statement.notifying, **params, **arrays, outbox_channel=channel(schema))
-    return found
+    if not envelopes:  # nothing to publish: no relay to wake
+        return await session.fetch(statement.quiet, **params, **arrays)
+    return await _write(session, schema, (statement.quiet, statement.notifying), **params, **arrays)
 
 
 async def add_to_outbox(session: Session, envelope: Envelope) -> None:
     """Queue `envelope` for publishing in `<envelope.producer>.outbox`, in the caller's
     transaction: it is published if and only if that transaction commits."""
     statements = _statements(envelope.producer)
-    await _insert(
+    await _write(
         session,
         envelope.producer,
         (statements.one_quiet, statements.one),
@@ -222,7 +221,7 @@ async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> 
             await add_to_outbox(session, group[0])
             continue
         statements = _statements(schema)
-        await _insert(
+        await _write(
             session,
             schema,
             (statements.several_quiet, statements.several),
@@ -232,15 +231,16 @@ async def add_all_to_outbox(session: Session, envelopes: Sequence[Envelope]) -> 
         )
 
 
-async def _insert(session: Session, schema: str, forms: tuple[Sql, Sql], **params: Any) -> None:
-    """Insert with the `(quiet, notifying)` form of the statement: quiet when a relay of
-    this process will be woken after the commit instead."""
+async def _write(session: Session, schema: str, forms: tuple[Sql, Sql], **params: Any) -> list[asyncpg.Record]:
+    """Run the `(quiet, notifying)` forms of a statement that writes outbox rows: quiet
+    when a relay of this process will be woken after the commit instead (registered
+    once the statement ran), else the form that notifies (`:outbox_channel`)."""
     quiet, notifying = forms
     if relays := _local_relays_to_wake(session, schema):
-        await session.run(quiet, **params)
+        found = await session.fetch(quiet, **params)
         session.after_commit(functools.partial(_wake_all, relays))
-    else:
-        await session.run(notifying, **params, channel=channel(schema))
+        return found
+    return await session.fetch(notifying, **params, outbox_channel=channel(schema))
 
 
 # -- waking the relays of this process ---------------------------------------------------

@@ -126,13 +126,12 @@ async def begin_attempt(session: Session, *, payment_id: uuid.UUID) -> bool:
 
 # A charge's outcome in one statement: the inbox record of the event that asked for it
 # (`r`; none for the resumer's), the payment leaving `processing` if that record is
-# new (`s`; the card's last four and brand when the provider told them, else as they
-# were) and the event that announces it, if `s` wrote.
+# new (`s`: the outcome `settled` made) and the event that announces it, if `s` wrote.
 _SETTLE = outbox.with_events(
     domain.SERVICE,
     f"WITH r AS ({inbox.record_sql(domain.SERVICE)}), s AS ("
     "UPDATE payments.payments SET status = :status, failure_reason = :failure_reason,"
-    " provider_charge_id = :charge_id, last4 = coalesce(:last4, last4), brand = coalesce(:brand, brand),"
+    " provider_charge_id = :charge_id, last4 = :last4, brand = :brand,"
     " updated_at = now(), settled_at = now()"
     " WHERE id = :payment_id AND status = :processing"
     " AND (CAST(:event_id AS uuid) IS NULL OR EXISTS (SELECT FROM r)) " + _RETURNING + "), {events} SELECT * FROM s",
@@ -149,7 +148,8 @@ def settled(
     last4: str | None = None,
     brand: str | None = None,
 ) -> domain.Payment:
-    """`payment` as `settle` leaves it (what its announcement is made of)."""
+    """`payment` as `settle` will leave it (what its announcement is made of): the card's
+    last four and brand when the provider told them, else as they were."""
     return replace(
         payment,
         status=status,
