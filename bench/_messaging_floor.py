@@ -4,8 +4,9 @@ The same work as prost's distributed pipeline, on the same tables, with nothing 
 prost on the hot path: asyncpg and aio-pika called directly, one connection held per
 writer, no pool checkout, no envelope model between the database and the broker.
 
-- producing process: 8 writers, each `BEGIN` / insert one outbox row / `COMMIT`, then
-  wake the relay; the relay claims up to 200 unsent rows (`UPDATE ... FOR UPDATE SKIP
+- producing process: 8 writers, each inserting one outbox row as a statement of its
+  own (its own transaction, as prost's writer's `db.autocommit`), then waking the
+  relay, flat out or paced against the clock; the relay claims up to 200 unsent rows (`UPDATE ... FOR UPDATE SKIP
   LOCKED ... RETURNING`, its own transaction, committed without waiting for the WAL
   flush as prost's is), publishes them persistent, mandatory, with publisher
   confirms, and commits;
@@ -28,7 +29,6 @@ import contextlib
 import multiprocessing
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -116,23 +116,57 @@ async def _producer_main(pipe: Connection, dsn: str, broker: str, exchange_name:
             if len(rows) < CLAIM_BATCH:
                 await wake.wait()
 
-    async def write(conn: asyncpg.Connection, numbers: Iterator[int], committed: dict[uuid.UUID, float]) -> None:
-        for n in numbers:
-            event_id = uuid.uuid4()
-            body = orjson.dumps(_envelope(event_id, n)).decode()
-            async with conn.transaction():
-                await conn.execute(sql["insert"], event_id, "order.placed", body)
-            wake.set()
-            committed[event_id] = time.perf_counter()
+    async def write_one(conn: asyncpg.Connection, n: int, committed: dict[uuid.UUID, float]) -> None:
+        event_id = uuid.uuid4()
+        body = orjson.dumps(_envelope(event_id, n)).decode()
+        await conn.execute(sql["insert"], event_id, "order.placed", body)  # its own transaction
+        wake.set()
+        committed[event_id] = time.perf_counter()
+
+    async def flat_out(n: int, committed: dict[uuid.UUID, float]) -> None:
+        numbers = iter(range(n))
+
+        async def writer(conn: asyncpg.Connection) -> None:
+            for i in numbers:
+                await write_one(conn, i, committed)
+
+        await asyncio.gather(*(writer(conn) for conn in writer_dbs))
+
+    async def paced(rate: float, seconds: float, committed: dict[uuid.UUID, float]) -> None:
+        """As `messaging.Producer.paced`: writes scheduled against the clock, each on
+        whichever writer connection is free."""
+        free: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
+        for conn in writer_dbs:
+            free.put_nowait(conn)
+
+        async def one(i: int) -> None:
+            conn = await free.get()
+            try:
+                await write_one(conn, i, committed)
+            finally:
+                free.put_nowait(conn)
+
+        pending: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        for i in range(max(1, int(rate * seconds))):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(i))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
 
     relaying = asyncio.create_task(relay())
     pipe.send("ready")
     try:
         while (command := await asyncio.to_thread(pipe.recv))[0] != "stop":
             committed: dict[uuid.UUID, float] = {}
-            numbers = iter(range(command[1]))
             start = time.perf_counter()
-            await asyncio.gather(*(write(conn, numbers, committed) for conn in writer_dbs))
+            if command[0] == "flat":
+                await flat_out(command[1], committed)
+            else:
+                await paced(command[1], command[2], committed)
             pipe.send((start, committed))
     finally:
         relaying.cancel()
@@ -190,10 +224,17 @@ class Floor:
     async def run(self, n: int) -> tuple[float, dict[uuid.UUID, float]]:
         """Write `n` events flat out; returns (start, commit time of each) once every
         one was handled (`self.handled` has the handling times)."""
+        return await self._run(("flat", n), n)
+
+    async def run_paced(self, rate: float, seconds: float) -> tuple[float, dict[uuid.UUID, float]]:
+        """Write `rate` events a second for `seconds`; as `run`."""
+        return await self._run(("paced", rate, seconds), max(1, int(rate * seconds)))
+
+    async def _run(self, command: tuple[Any, ...], n: int) -> tuple[float, dict[uuid.UUID, float]]:
         self.handled.clear()
         self._expected = n
         self._done.clear()
-        self._pipe.send(("run", n))
+        self._pipe.send(command)
         start, committed = await asyncio.to_thread(self._pipe.recv)
         await asyncio.wait_for(self._done.wait(), 300)
         return start, committed
