@@ -6,7 +6,9 @@ decision (saga row, order status, compensation log, outgoing events) in the inbo
 transaction. A duplicate, stale or out-of-order event is a decision that changes
 nothing. `stock.committed` is not consumed: orders wrote its view of the reservation
 as `committed` when it confirmed the order (the catalog's commit of a confirmed order
-is idempotent and certain), so the event is an announcement.
+is idempotent and certain), so the event is an announcement. A `stock.released` of a
+cart hold that expired is the cart's: orders acknowledges it with no transaction and no
+inbox record (`Only`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from prost.contracts.catalog import StockReleased, StockReservationFailed, Stock
 from prost.contracts.payments import PaymentFailed, PaymentProcessed, PaymentRefunded
 from prost.kit.db import Session
 from prost.kit.messages import Envelope
-from prost.kit.service import ServiceContext, Subscription
+from prost.kit.service import Only, ServiceContext, Subscription
 from prost.orders import saga as sg
 from prost.orders.repository import SagaRepository, utcnow
 
@@ -42,6 +44,11 @@ def _order_of(message: SagaEvent) -> uuid.UUID | None:
             return None  # a cart hold expired: the cart's business
         return message.order_id or message.owner_id
     return message.order_id
+
+
+def about_an_order(envelope: Envelope) -> bool:
+    """`stock.released` also tells of cart holds that expired: nothing here to do."""
+    return envelope.payload.get("kind") == "order"
 
 
 async def advance_saga(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
@@ -69,7 +76,7 @@ async def advance_saga(envelope: Envelope, session: Session, ctx: ServiceContext
 SUBSCRIPTIONS: dict[str, Subscription] = {
     StockReserved.TYPE: advance_saga,
     StockReservationFailed.TYPE: advance_saga,
-    StockReleased.TYPE: advance_saga,
+    StockReleased.TYPE: Only(about_an_order, advance_saga),
     PaymentProcessed.TYPE: advance_saga,
     PaymentFailed.TYPE: advance_saga,
     PaymentRefunded.TYPE: advance_saga,
