@@ -123,7 +123,7 @@ def attempt_keys(*, account: str, address: str) -> list[AttemptKey]:
 async def finish_attempt(ctx: ServiceContext, attempt_ids: list[int], *, ok: bool) -> None:
     """A right password was no failure: forget its attempt rows; a wrong one's stay."""
     if ok:
-        async with db.transaction(ctx.engine) as session:
+        async with db.autocommit(ctx.engine) as session:  # one statement
             await LoginAttemptRepository(session, login_limits(ctx)).close(attempt_ids)
 
 
