@@ -453,7 +453,7 @@ async def extend_holds(
     async def extend(session: Session) -> list[inventory.Hold]:
         return await inventory.extend_holds(session, cart_id=cart_id, ttl_seconds=ttl)
 
-    holds = await run_in_transaction(ctx.engine, extend)
+    holds = await run_in_transaction(ctx.engine, extend, unit=db.autocommit)  # one statement
     return HoldExtendedList(
         holds=[HoldExtended(product_id=h.product_id, quantity=h.quantity, expires_at=h.expires_at) for h in holds]
     )

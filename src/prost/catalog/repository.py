@@ -5,7 +5,8 @@
   set_stock. Every read computes `available` from the product's counters and the
   sum of its active reservations already past `expires_at` (a scalar subquery on a
   partial index), so an expired reservation stops counting at once.
-- `run_in_transaction`: a unit of work retried on deadlock or serialization failure,
+- `run_in_transaction`: a unit of work (a transaction, or one statement in
+  `db.autocommit`) retried on deadlock or serialization failure,
   so such an error never reaches a client.
 
 Stock changes that involve reservations live in `inventory.py`.
@@ -19,6 +20,7 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -40,12 +42,20 @@ T = TypeVar("T")
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 
 
-async def run_in_transaction(engine: AsyncEngine, fn: Callable[[Session], Awaitable[T]], *, attempts: int = 8) -> T:
+async def run_in_transaction(
+    engine: AsyncEngine,
+    fn: Callable[[Session], Awaitable[T]],
+    *,
+    attempts: int = 8,
+    unit: Callable[[AsyncEngine], AbstractAsyncContextManager[Session]] = db.transaction,
+) -> T:
     """Run `fn` in its own transaction, again (after a short random pause) when
-    PostgreSQL aborted it for a deadlock or a serialization failure."""
+    PostgreSQL aborted it for a deadlock or a serialization failure. An `fn` of exactly
+    one statement takes `unit=db.autocommit`: the statement is its own transaction,
+    without a `BEGIN` and a `COMMIT` of its own."""
     for attempt in range(1, attempts + 1):
         try:
-            async with db.transaction(engine) as session:
+            async with unit(engine) as session:
                 return await fn(session)
         except db.DATABASE_ERRORS as exc:
             if db.sqlstate(exc) not in RETRYABLE_SQLSTATES or attempt == attempts:

@@ -125,6 +125,17 @@ async def test_a_deadlock_is_retried_by_the_unit_of_work_and_never_reaches_the_c
     assert (await counters(racing_engine, a))["reserved"] == (await counters(racing_engine, b))["reserved"] == 2
 
 
+async def test_a_one_statement_unit_runs_outside_a_transaction_block(racing_engine: AsyncEngine) -> None:
+    """`unit=db.autocommit` is for work of exactly one statement (the cart's extension of
+    its holds): no `BEGIN` and no `COMMIT` of its own; the default unit is a transaction."""
+
+    async def in_a_block(s: Session) -> bool:
+        return bool(s.driver.is_in_transaction())
+
+    assert await run_in_transaction(racing_engine, in_a_block) is True
+    assert await run_in_transaction(racing_engine, in_a_block, unit=db.autocommit) is False
+
+
 # -- sweepers ------------------------------------------------------------------------
 
 
