@@ -29,6 +29,7 @@ import contextlib
 import multiprocessing
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -64,6 +65,22 @@ def _statements(schema: str) -> dict[str, str]:
 
 
 # -- the producing process ---------------------------------------------------------------
+
+
+async def pace(rate: float, seconds: float, write: Callable[[int], Awaitable[None]]) -> None:
+    """Start `write(i)` for `rate` × `seconds` events, each when the clock says (so a
+    slow write does not lower the offered rate), and wait for them all. prost's
+    paced writers use it too."""
+    pending: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+    for i in range(max(1, int(rate * seconds))):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(write(i))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
 
 
 def _envelope(event_id: uuid.UUID, n: int) -> dict[str, Any]:
@@ -146,16 +163,7 @@ async def _producer_main(pipe: Connection, dsn: str, broker: str, exchange_name:
             finally:
                 free.put_nowait(conn)
 
-        pending: set[asyncio.Task[None]] = set()
-        start = time.perf_counter()
-        for i in range(max(1, int(rate * seconds))):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one(i))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.gather(*pending)
+        await pace(rate, seconds, one)
 
     relaying = asyncio.create_task(relay())
     pipe.send("ready")

@@ -63,7 +63,7 @@ from prost.kit.migrations import ensure_database
 from prost.runtime.loop import run, tune_collector  # uvloop, as the servers run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _messaging_floor import Floor
+from _messaging_floor import Floor, pace
 
 from _procs import ProcessCpu, cpu_by, processes
 
@@ -182,17 +182,8 @@ class Producer:
 
     async def paced(self, rate: float, seconds: float) -> tuple[float, Committed]:
         committed: Committed = {}
-        pending: set[asyncio.Task[None]] = set()
         start = time.perf_counter()
-        for i in range(max(1, int(rate * seconds))):
-            # Schedule against the clock, so a slow write does not lower the offered rate.
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(self._write_one(i, committed))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.gather(*pending)
+        await pace(rate, seconds, lambda i: self._write_one(i, committed))
         return start, committed
 
 
