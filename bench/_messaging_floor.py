@@ -6,10 +6,10 @@ writer, no pool checkout, no envelope model between the database and the broker.
 
 - producing process: 8 writers, each inserting one outbox row as a statement of its
   own (its own transaction, as prost's writer's `db.autocommit`), then waking the
-  relay, flat out or paced against the clock; the relay claims up to 200 unsent rows (`UPDATE ... FOR UPDATE SKIP
-  LOCKED ... RETURNING`, its own transaction, committed without waiting for the WAL
-  flush as prost's is), publishes them persistent, mandatory, with publisher
-  confirms, and commits;
+  relay, flat out or paced against the clock; the relay claims up to 200 unsent rows
+  (`UPDATE ... FOR UPDATE SKIP LOCKED ... RETURNING`, its own transaction, committed
+  without waiting for the WAL flush as prost's is), publishes them persistent,
+  mandatory, with publisher confirms, and commits;
 - consuming process (the caller's): deliveries wait for one transaction at a time,
   which takes up to 32 of them: `BEGIN` / one inbox insert for all (`ON CONFLICT DO
   NOTHING RETURNING`) / the effect of each new one / `COMMIT`; then each is acked
