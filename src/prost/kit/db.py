@@ -490,7 +490,9 @@ async def autocommit(engine: AsyncEngine) -> AsyncIterator[Session]:
     """A pooled connection outside any transaction block: each statement commits by
     itself. For work that is exactly one statement (a lookup, one insert): one round
     trip instead of three (`BEGIN`, the statement, `COMMIT`/`ROLLBACK`). Two statements
-    on it are two transactions, so anything more goes in `transaction(engine)`."""
+    on it are two transactions, so writes that must commit together go in
+    `transaction(engine)`. Reads may share it: at READ COMMITTED (PostgreSQL's
+    default, which prost keeps) a transaction would give them no common snapshot either."""
     async with _checked_out(engine) as session:
         yield session
 
