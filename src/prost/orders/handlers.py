@@ -38,17 +38,15 @@ _SAGA_EVENTS: dict[str, type[SagaEvent]] = {
 }
 
 
-def _order_of(message: SagaEvent) -> uuid.UUID | None:
-    if isinstance(message, StockReleased):
-        if message.kind != "order":
-            return None  # a cart hold expired: the cart's business
-        return message.order_id or message.owner_id
-    return message.order_id
-
-
 def about_an_order(envelope: Envelope) -> bool:
     """`stock.released` also tells of cart holds that expired: nothing here to do."""
     return envelope.payload.get("kind") == "order"
+
+
+def _order_of(message: SagaEvent) -> uuid.UUID:
+    if isinstance(message, StockReleased):  # an order's, as `about_an_order` let through
+        return message.order_id or message.owner_id
+    return message.order_id
 
 
 async def advance_saga(envelope: Envelope, session: Session, ctx: ServiceContext) -> None:
@@ -56,8 +54,6 @@ async def advance_saga(envelope: Envelope, session: Session, ctx: ServiceContext
     model = _SAGA_EVENTS[envelope.event_type]
     message = model.model_validate(envelope.payload)
     order_id = _order_of(message)
-    if order_id is None:
-        return
     sagas = SagaRepository(session)
     current = await sagas.get_for_update(order_id)
     if current is None:
